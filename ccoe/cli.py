@@ -1,0 +1,191 @@
+"""The `ccoe` command: prepare the offline backbone, build, inspect, route and generate from artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ccoe.config import CCoESpec, RouterSpec, load_yaml
+
+
+def build_model(spec: CCoESpec, device: str = "cpu"):
+    """Backbone + fresh experts (exact copies of their layers) from a CCoESpec."""
+    from ccoe.backbone import load_backbone
+    from ccoe.expert import expert_from_spec
+    from ccoe.model import CCoEModel
+
+    model = CCoEModel(load_backbone(spec.backbone, device=device))
+    for expert_spec in spec.experts:
+        model.push_expert(expert_from_spec(model.backbone, expert_spec))
+    return model
+
+
+def describe(model, manifest=None) -> dict:
+    """Backbone, experts, layers and bytes of a loaded model, as plain data."""
+    sizes = model.parameter_bytes()
+    config = model.backbone.config
+    experts = {}
+    for name, expert in model.experts.items():
+        entry = manifest.experts[name] if manifest is not None and name in manifest.experts else None
+        experts[name] = {
+            "domain": expert.domain,
+            "layers": list(expert.layer_indices),
+            "bytes": sizes[name],
+            "sha256": entry.sha256 if entry else None,
+        }
+    return {
+        "backbone": {
+            "source": model.backbone.spec.source,
+            "architecture": config.model_type,
+            "layers": model.num_layers,
+            "hidden_size": config.hidden_size,
+            "vocab_size": config.vocab_size,
+            "dtype": str(next(model.lm.parameters()).dtype).removeprefix("torch."),
+            "fingerprint": model.fingerprint,
+            "bytes": sizes["backbone"],
+        },
+        "experts": experts,
+        "total_bytes": sum(sizes.values()),
+        "ensemble_bytes": sizes["backbone"] * max(1, len(experts)),
+    }
+
+
+def _print_info(info: dict) -> None:
+    b = info["backbone"]
+    mib = 1 << 20
+    print(f"backbone   {b['source']} ({b['architecture']}, {b['layers']} layers, hidden {b['hidden_size']}, {b['dtype']})")
+    print(f"           fingerprint {b['fingerprint']}  {b['bytes'] / mib:.1f} MiB")
+    for name, e in info["experts"].items():
+        print(f"expert     {name:<12} domain={e['domain']:<10} layers={e['layers']}  {e['bytes'] / mib:.1f} MiB")
+    print(f"total      {info['total_bytes'] / mib:.1f} MiB (an ensemble of {max(1, len(info['experts']))} full models: {info['ensemble_bytes'] / mib:.1f} MiB)")
+
+
+def _cmd_prepare(args) -> int:
+    from ccoe.backbone import load_backbone
+    from ccoe.config import BackboneSpec
+
+    backbone = load_backbone(BackboneSpec(source=args.source))
+    print(f"{args.source}: {backbone.num_layers} layers, fingerprint {backbone.fingerprint}")
+    return 0
+
+
+def _cmd_create(args) -> int:
+    from ccoe.artifact import save_artifact
+
+    spec = load_yaml(CCoESpec, args.config)
+    router = load_yaml(RouterSpec, args.router) if args.router else spec.router
+    model = build_model(spec)
+    manifest = save_artifact(model, args.out, router=router)
+    print(f"wrote {args.out} with experts {sorted(manifest.experts)}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from ccoe.artifact import load_artifact
+
+    model, _, manifest = load_artifact(args.artifact)
+    info = describe(model, manifest)
+    print(json.dumps(info, indent=2)) if args.json else _print_info(info)
+    return 0
+
+
+def _routes(prompts, router, model, expert, backbone_only):
+    if backbone_only:
+        return [None] * len(prompts), ["--backbone-only"] * len(prompts)
+    if expert is not None:
+        return [expert] * len(prompts), [f"--expert {expert}"] * len(prompts)
+    if router is None:
+        return [None] * len(prompts), ["artifact has no router: backbone"] * len(prompts)
+    decisions = router.route_many(prompts, available=model.expert_names())
+    return [d.expert for d in decisions], [d.reason for d in decisions]
+
+
+def _cmd_route(args) -> int:
+    from ccoe.artifact import read_manifest
+    from ccoe.router import RuleRouter
+
+    manifest = read_manifest(args.artifact)
+    if manifest.router is None:
+        print("this artifact has no router", file=sys.stderr)
+        return 2
+    router = RuleRouter(manifest.router)
+    for prompt in args.prompts:
+        print(json.dumps({"prompt": prompt, **router.route(prompt, available=list(manifest.experts)).as_dict()}))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from ccoe.artifact import load_artifact
+    from ccoe.generation import generate_text
+
+    model, router, _ = load_artifact(args.artifact)
+    experts, reasons = _routes(args.prompts, router, model, args.expert, args.backbone_only)
+    generator = torch.Generator().manual_seed(args.seed)
+    completions = generate_text(
+        model, model.backbone.tokenizer, args.prompts, experts, max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
+    )
+    for completion, reason in zip(completions, reasons):
+        if args.json:
+            print(json.dumps({"prompt": completion.prompt, "expert": completion.expert, "reason": reason, "text": completion.text}))
+        else:
+            print(f"[{completion.expert or 'backbone'}] {reason}\n> {completion.prompt}\n{completion.text}\n")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ccoe", description="Collaboration of Experts: frozen backbone + layer experts")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    prep = sub.add_parser("prepare", help="de-quantize and cache the offline SmolLM2 backbone")
+    prep.add_argument("--source", default="smollm2-135m-instruct")
+    prep.set_defaults(func=_cmd_prepare)
+
+    create = sub.add_parser("create", help="build an artifact with fresh experts from a CCoESpec YAML")
+    create.add_argument("--config", required=True, type=Path)
+    create.add_argument("--router", type=Path, help="RouterSpec YAML (overrides the config's router)")
+    create.add_argument("--out", required=True, help="artifact root (local folder or fsspec URI)")
+    create.set_defaults(func=_cmd_create)
+
+    info = sub.add_parser("info", help="backbone, experts, layers and bytes of an artifact")
+    info.add_argument("--artifact", required=True)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_cmd_info)
+
+    route = sub.add_parser("route", help="explain the gate's decision for prompts (no model load)")
+    route.add_argument("--artifact", required=True)
+    route.add_argument("prompts", nargs="+")
+    route.set_defaults(func=_cmd_route)
+
+    gen = sub.add_parser("generate", help="generate text; prompts are routed by the artifact's gate")
+    gen.add_argument("--artifact", required=True)
+    who = gen.add_mutually_exclusive_group()
+    who.add_argument("--expert", help="force this expert for every prompt")
+    who.add_argument("--backbone-only", action="store_true", help="bypass the experts")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=0.7)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--json", action="store_true")
+    gen.add_argument("prompts", nargs="+")
+    gen.set_defaults(func=_cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as err:
+        print(f"ccoe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

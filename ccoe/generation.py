@@ -1,0 +1,159 @@
+"""Autoregressive generation with a KV cache over mixed-expert batches.
+
+Rows are reordered once so that rows of the same expert are contiguous: every expert sub-batch is
+then a slice (a view) of the batch and of the KV cache, with no gathers per step. Layers no expert
+owns run once per step for the whole batch; expert layers run per contiguous sub-batch.
+
+Prompts are left-padded (B, T) with an attention mask; positions come from the mask so padded rows
+get the same positions (and logits) as they would alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ccoe.model import CCoEModel, Route
+
+
+def _check_left_padded(attention_mask: torch.Tensor) -> None:
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("prompts must be left-padded (the last column of attention_mask must be all ones)")
+
+
+def select_next_token(
+    logits: torch.Tensor,
+    *,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, V): argmax, or sampling with temperature/top-k/top-p."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    scores = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_scores.softmax(dim=-1) > top_p  # keep the smallest prefix reaching top_p
+        scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+    probs = scores.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: CCoEModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    expert: Route = None,
+    expert_ids: Sequence[Route] | None = None,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate up to `max_new_tokens` per row; returns the new tokens (B, N), `pad_token_id` after EOS."""
+    from transformers import DynamicCache
+
+    batch = input_ids.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    _check_left_padded(attention_mask)
+    routes = list(expert_ids) if expert_ids is not None else [expert] * batch
+    if len(routes) != batch:
+        raise ValueError(f"expert_ids has {len(routes)} entries for a batch of {batch} prompts")
+    first_seen = {name: n for n, name in enumerate(dict.fromkeys(routes))}
+    order = sorted(range(batch), key=lambda row: first_seen[routes[row]])
+    perm = torch.tensor(order, device=input_ids.device)
+    ids, mask = input_ids[perm], attention_mask[perm]
+    routes = [routes[row] for row in order]
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []), device=ids.device)
+
+    cache = DynamicCache(config=model.backbone.config)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    new_tokens = []
+    step_ids = ids
+    for _ in range(max_new_tokens):
+        out = model(step_ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1)
+        token = select_next_token(
+            out.logits[:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )
+        new_tokens.append(token.masked_fill(finished, pad_token_id))
+        if eos.numel():
+            finished |= torch.isin(token, eos)
+            if bool(finished.all()):
+                break
+        step_ids = token.unsqueeze(-1)  # finished rows keep decoding their own (discarded) tokens
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        positions = positions[:, -1:] + 1
+    generated = torch.stack(new_tokens, dim=1) if new_tokens else ids.new_empty((batch, 0))
+    return generated[torch.argsort(perm)]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> left-padded ids (B, T) and attention mask (B, T)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> list[int]:
+    """A user prompt as token ids, through the tokenizer's chat template when it has one."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+@dataclass
+class Completion:
+    prompt: str
+    expert: Route
+    text: str
+
+
+def generate_text(
+    model: CCoEModel,
+    tokenizer,
+    prompts: Sequence[str],
+    experts: Sequence[Route],
+    *,
+    max_new_tokens: int = 64,
+    use_chat_template: bool = True,
+    **sampling,
+) -> list[Completion]:
+    """Batched text generation; prompts routed to different experts share one batch."""
+    if tokenizer is None:
+        raise ValueError("this backbone has no tokenizer; pass token ids to `generate` instead")
+    if len(prompts) != len(experts):
+        raise ValueError(f"{len(prompts)} prompts but {len(experts)} expert routes")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask = left_pad([encode_prompt(tokenizer, p, use_chat_template) for p in prompts], pad)
+    device = next(model.lm.parameters()).device
+    tokens = generate(
+        model, ids.to(device), mask.to(device), expert_ids=list(experts), max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **sampling,
+    )
+    texts = tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)
+    return [Completion(p, e, t.strip()) for p, e, t in zip(prompts, experts, texts)]

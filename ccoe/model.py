@@ -1,0 +1,313 @@
+"""CCoEModel: one frozen backbone plus experts, with per-row expert routing in one forward pass.
+
+The decoder loop is written out (embed -> masks -> rotary -> layers -> norm -> head) instead of
+calling the backbone's `forward`, because a layer here may run different modules for different rows:
+
+- a batch row is routed to one expert or to none (the plain backbone);
+- at layer `i`, rows whose expert owns `i` run that expert's copy, the other rows the backbone's;
+- a layer that no expert in the batch owns runs once on the whole batch (the common case: with the
+  `top` strategy every layer below the split is shared);
+- with a KV cache, each expert sub-batch reads its own rows of the cache and the new keys/values of
+  all sub-batches are written back in one update (`_RowGroupCache`).
+
+Shapes: input_ids (B, T); hidden states (B, T, H); logits (B, T', V) with T' = T or `logits_to_keep`.
+Pushing or popping an expert is a dict update (no weight copies); popping drops the last reference,
+so the expert's tensors are freed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ccoe.backbone import Backbone
+from ccoe.config import check_name
+from ccoe.expert import Expert
+
+Route = str | None
+
+
+@dataclass
+class CCoEOutput:
+    logits: torch.Tensor
+    past_key_values: object | None = None
+
+
+@dataclass
+class _Context:
+    """Per-forward inputs shared by every layer."""
+
+    masks: dict[str, torch.Tensor | None]
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    position_ids: torch.Tensor
+    cache: object | None
+    batch_size: int
+
+
+class _RowGroupCache:
+    """A view of a DynamicCache for the rows of one expert sub-batch at one layer.
+
+    `update` returns past keys/values of those rows concatenated with the new ones (what the layer
+    attends to) and records the new ones; `flush` writes all sub-batches' new keys/values back into
+    the real cache with a single full-batch update, so cache layouts stay what transformers expects.
+    """
+
+    def __init__(self, cache, batch_size: int):
+        self.cache = cache
+        self.batch_size = batch_size
+        self.rows: slice | torch.Tensor = slice(None)
+        self.pending: list[tuple[slice | torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.pending.append((self.rows, key_states, value_states))
+        layers = self.cache.layers
+        if layer_idx < len(layers) and layers[layer_idx].is_initialized and layers[layer_idx].keys.numel():
+            past_k, past_v = layers[layer_idx].keys[self.rows], layers[layer_idx].values[self.rows]
+            return torch.cat([past_k, key_states], dim=-2), torch.cat([past_v, value_states], dim=-2)
+        return key_states, value_states
+
+    def flush(self, layer_idx: int) -> None:
+        _, k0, v0 = self.pending[0]
+        keys = k0.new_empty((self.batch_size, *k0.shape[1:]))
+        values = v0.new_empty((self.batch_size, *v0.shape[1:]))
+        for rows, k, v in self.pending:
+            keys[rows] = k
+            values[rows] = v
+        self.pending.clear()
+        self.cache.update(keys, values, layer_idx)
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+
+def _row_index(rows: Sequence[int], device) -> slice | torch.Tensor:
+    """A slice when the rows are contiguous (views, no copies), else an index tensor."""
+    if list(rows) == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(list(rows), device=device, dtype=torch.long)
+
+
+def _take(value, rows, batch_size: int):
+    """Rows of a batch-leading tensor; tensors broadcast over the batch (leading dim 1) pass through."""
+    if value is None or batch_size == 1 or value.shape[0] == 1:
+        return value
+    return value[rows]
+
+
+class CCoEModel(nn.Module):
+    """A frozen backbone and a set of named experts.
+
+    `forward(input_ids, expert=...)` routes the whole batch; `forward(input_ids, expert_ids=[...])`
+    routes each row. `None` means the plain backbone.
+    """
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.lm = backbone.model
+        self.experts = nn.ModuleDict()
+        config = backbone.config
+        types = getattr(config, "layer_types", None)
+        if types is None:
+            sliding = getattr(config, "sliding_window", None) is not None and config.model_type == "mistral"
+            types = ["sliding_attention" if sliding else "full_attention"] * backbone.num_layers
+        self._layer_types: list[str] = list(types)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.backbone.fingerprint
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.num_layers
+
+    def train(self, mode: bool = True) -> "CCoEModel":
+        """Only experts change mode; the backbone stays in eval mode (frozen, no dropout)."""
+        self.training = mode
+        self.experts.train(mode)
+        self.lm.eval()
+        return self
+
+    # -- pop and push ---------------------------------------------------------------------------
+
+    def push_expert(self, expert: Expert) -> None:
+        """Add an expert, or replace the one with the same name. Refuses foreign backbones."""
+        check_name(expert.name)
+        if expert.backbone_fingerprint != self.fingerprint:
+            raise ValueError(
+                f"expert {expert.name!r} was made for backbone {expert.backbone_fingerprint[:12]}…, "
+                f"not this one ({self.fingerprint[:12]}…); retrain it on this backbone"
+            )
+        bad = [i for i in expert.layer_indices if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"expert {expert.name!r} owns layers {bad}, outside this {self.num_layers}-layer backbone")
+        param = next(self.lm.parameters())
+        self.experts[expert.name] = expert.to(device=param.device, dtype=param.dtype)
+
+    def pop_expert(self, name: str) -> None:
+        """Remove an expert; with no other reference left its tensors are freed."""
+        if name not in self.experts:
+            raise KeyError(f"no expert named {name!r}; loaded experts: {sorted(self.experts)}")
+        del self.experts[name]
+
+    def expert_names(self) -> list[str]:
+        return list(self.experts)
+
+    def _expert(self, name: Route) -> Expert | None:
+        if name is None:
+            return None
+        if name not in self.experts:
+            raise KeyError(f"no expert named {name!r}; loaded experts: {sorted(self.experts)} (None = backbone)")
+        return self.experts[name]
+
+    # -- the decoder loop -------------------------------------------------------------------------
+
+    def _context(self, embeds, attention_mask, position_ids, cache) -> _Context:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        batch, length = embeds.shape[:2]
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(past, past + length, device=embeds.device).unsqueeze(0)
+        kwargs = dict(
+            config=self.backbone.config,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+        )
+        masks = {}
+        for kind in set(self._layer_types):
+            build = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
+            masks[kind] = build(**kwargs)
+        rotary = self.lm.model.rotary_emb(embeds, position_ids=position_ids)
+        return _Context(masks, rotary, position_ids, cache, batch)
+
+    def _run_layer(self, module: nn.Module, hidden, ctx: _Context, index: int, rows, cache):
+        n = ctx.batch_size
+        return module(
+            hidden,
+            attention_mask=_take(ctx.masks[self._layer_types[index]], rows, n),
+            position_ids=_take(ctx.position_ids, rows, n),
+            past_key_values=cache,
+            use_cache=cache is not None,
+            position_embeddings=tuple(_take(t, rows, n) for t in ctx.position_embeddings),
+        )
+
+    def _layers(self, hidden, ctx: _Context, groups, start: int, stop: int):
+        """Run decoder layers [start, stop). `groups`: list of (row index, Expert | None), covering all rows."""
+        backbone_layers = self.lm.model.layers
+        for i in range(start, stop):
+            modules = [e.layer(i) if e is not None and i in e.layer_indices else backbone_layers[i] for _, e in groups]
+            if all(m is modules[0] for m in modules):
+                hidden = self._run_layer(modules[0], hidden, ctx, i, slice(None), ctx.cache)
+                continue
+            view = _RowGroupCache(ctx.cache, ctx.batch_size) if ctx.cache is not None else None
+            out = torch.empty_like(hidden)
+            for (rows, _), module in zip(groups, modules):
+                if view is not None:
+                    view.rows = rows
+                out[rows] = self._run_layer(module, hidden[rows], ctx, i, rows, view)
+            if view is not None:
+                view.flush(i)
+            hidden = out
+        return hidden
+
+    def _groups(self, batch: int, expert, expert_ids, device) -> list[tuple[slice | torch.Tensor, Expert | None]]:
+        if expert_ids is None:
+            return [(slice(None), self._expert(expert))]
+        if expert is not None:
+            raise ValueError("pass either `expert` (whole batch) or `expert_ids` (one per row), not both")
+        if len(expert_ids) != batch:
+            raise ValueError(f"expert_ids has {len(expert_ids)} entries for a batch of {batch} rows")
+        order: dict[Route, list[int]] = {}
+        for row, name in enumerate(expert_ids):
+            order.setdefault(name, []).append(row)
+        if len(order) == 1:
+            return [(slice(None), self._expert(next(iter(order))))]
+        return [(_row_index(rows, device), self._expert(name)) for name, rows in order.items()]
+
+    def _head(self, hidden, logits_to_keep: int | None):
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return self.lm.lm_head(self.lm.model.norm(hidden))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        expert: Route = None,
+        expert_ids: Sequence[Route] | None = None,
+        past_key_values=None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int | None = None,
+    ) -> CCoEOutput:
+        """Logits (B, T', V) with each row run through its expert's layers (None = backbone)."""
+        embeds = self.lm.model.embed_tokens(input_ids)
+        groups = self._groups(input_ids.shape[0], expert, expert_ids, input_ids.device)
+        ctx = self._context(embeds, attention_mask, position_ids, past_key_values)
+        hidden = self._layers(embeds, ctx, groups, 0, self.num_layers)
+        return CCoEOutput(self._head(hidden, logits_to_keep), past_key_values)
+
+    # -- shared prefix ----------------------------------------------------------------------------
+
+    def split_layer(self, experts: Sequence[Route]) -> int:
+        """Lowest layer any of these experts owns (L when none): layers below it are shared."""
+        owned = [min(self._expert(n).layer_indices) for n in experts if n is not None]
+        return min(owned, default=self.num_layers)
+
+    def prefix_hidden_states(self, input_ids, attention_mask=None, stop: int | None = None) -> torch.Tensor:
+        """Backbone hidden states (B, T, H) entering layer `stop`, computed without autograd."""
+        stop = self.num_layers if stop is None else stop
+        with torch.no_grad():
+            embeds = self.lm.model.embed_tokens(input_ids)
+            ctx = self._context(embeds, attention_mask, None, None)
+            return self._layers(embeds, ctx, [(slice(None), None)], 0, stop)
+
+    def forward_from_hidden(
+        self, hidden: torch.Tensor, attention_mask=None, *, start: int, expert: Route = None, logits_to_keep: int | None = None
+    ) -> torch.Tensor:
+        """Logits from hidden states (B, T, H) entering layer `start`, e.g. a cached shared prefix.
+
+        `start` must not be above the expert's lowest layer, or the expert would be skipped there.
+        """
+        module = self._expert(expert)
+        if module is not None and start > min(module.layer_indices):
+            raise ValueError(f"start layer {start} is above expert {expert!r}'s lowest layer {min(module.layer_indices)}")
+        ctx = self._context(hidden, attention_mask, None, None)
+        out = self._layers(hidden, ctx, [(slice(None), module)], start, self.num_layers)
+        return self._head(out, logits_to_keep)
+
+    def forward_many(
+        self, input_ids, attention_mask=None, *, experts: Sequence[Route], logits_to_keep: int | None = None
+    ) -> dict[Route, torch.Tensor]:
+        """The same batch under several experts: layers below the lowest expert layer run once.
+
+        Returns {expert: logits (B, T', V)}. Used by evaluation, routing and planning.
+        """
+        split = self.split_layer(experts)
+        embeds = self.lm.model.embed_tokens(input_ids)
+        ctx = self._context(embeds, attention_mask, None, None)
+        shared = self._layers(embeds, ctx, [(slice(None), None)], 0, split)
+        results = {}
+        for name in dict.fromkeys(experts):
+            hidden = self._layers(shared, ctx, [(slice(None), self._expert(name))], split, self.num_layers)
+            results[name] = self._head(hidden, logits_to_keep)
+        return results
+
+    # -- accounting -------------------------------------------------------------------------------
+
+    def parameter_bytes(self) -> dict[str, int]:
+        """Bytes held by the backbone and by each expert (tied backbone tensors counted once)."""
+        seen, backbone = set(), 0
+        for p in self.lm.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                backbone += p.numel() * p.element_size()
+        sizes = {"backbone": backbone}
+        sizes.update({name: e.num_bytes() for name, e in self.experts.items()})
+        return sizes

@@ -1,0 +1,90 @@
+"""Rule-based gate with an expert–domain mapping matrix (CCoE's router).
+
+1. Each domain's rules score the request: every whole-word keyword match adds `keyword_weight`,
+   every regular-expression match adds `pattern_weight` (case-insensitive).
+2. The best-scoring domain wins if its score reaches `min_score` (ties go to the domain listed first).
+3. The mapping matrix M (experts x domains) picks the loaded expert with the largest M[e, d] > 0.
+   No winning domain, or no loaded expert for it, means the plain backbone.
+
+Every decision carries the scores and the rule that decided it, so routing can be explained.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from ccoe.config import RouterSpec
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where a request goes and why. `expert` None means the plain backbone."""
+
+    expert: str | None
+    domain: str | None
+    scores: dict[str, float]
+    rule: str | None
+    reason: str
+    matches: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"expert": self.expert, "domain": self.domain, "scores": self.scores, "rule": self.rule, "reason": self.reason}
+
+
+class RuleRouter:
+    """Compiled form of a RouterSpec."""
+
+    def __init__(self, spec: RouterSpec):
+        self.spec = spec
+        self.domains = list(spec.domains)
+        self.experts = list(spec.mapping)
+        self._rules: dict[str, list[tuple[re.Pattern, str, float]]] = {}
+        for domain, rules in spec.domains.items():
+            compiled = [
+                (re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE), f"keyword {word!r}", rules.keyword_weight)
+                for word in rules.keywords
+            ]
+            compiled += [(re.compile(p, re.IGNORECASE), f"pattern /{p}/", rules.pattern_weight) for p in rules.patterns]
+            self._rules[domain] = compiled
+
+    def mapping_matrix(self) -> torch.Tensor:
+        """M (num_experts, num_domains), rows in `self.experts` order, columns in `self.domains` order."""
+        matrix = torch.zeros(len(self.experts), len(self.domains))
+        for e, expert in enumerate(self.experts):
+            for domain, weight in self.spec.mapping[expert].items():
+                matrix[e, self.domains.index(domain)] = weight
+        return matrix
+
+    def score(self, text: str) -> tuple[dict[str, float], dict[str, list[tuple[str, float]]]]:
+        scores, matches = {}, {}
+        for domain, rules in self._rules.items():
+            hits = [(label, weight) for pattern, label, weight in rules for _ in pattern.finditer(text)]
+            scores[domain] = float(sum(w for _, w in hits))
+            matches[domain] = hits
+        return scores, matches
+
+    def route(self, text: str, available: Iterable[str] | None = None) -> RouteDecision:
+        """Decide the expert for one request. `available`: loaded experts (default: all in the mapping)."""
+        scores, matches = self.score(text)
+        labels = {d: sorted({label for label, _ in hits}) for d, hits in matches.items() if hits}
+        best = max(self.domains, key=lambda d: (scores[d], -self.domains.index(d)), default=None)
+        if best is None or scores[best] < self.spec.min_score:
+            top = f"{best}={scores[best]:g}" if best else "no domains"
+            return RouteDecision(None, None, scores, None, f"no domain reached min_score {self.spec.min_score:g} ({top}): backbone", labels)
+        rule = max(matches[best], key=lambda hit: hit[1])[0]
+        loaded = set(self.experts if available is None else available)
+        column = self.mapping_matrix()[:, self.domains.index(best)] if self.experts else torch.zeros(0)
+        candidates = [(float(column[e]), -e, name) for e, name in enumerate(self.experts) if name in loaded and column[e] > 0]
+        if not candidates:
+            return RouteDecision(None, best, scores, rule, f"domain {best!r} (score {scores[best]:g}, {rule}) has no loaded expert: backbone", labels)
+        weight, _, expert = max(candidates)
+        reason = f"domain {best!r} won with score {scores[best]:g} ({rule}); mapping M[{expert!r}, {best!r}] = {weight:g}"
+        return RouteDecision(expert, best, scores, rule, reason, labels)
+
+    def route_many(self, texts: Iterable[str], available: Iterable[str] | None = None) -> list[RouteDecision]:
+        available = None if available is None else list(available)
+        return [self.route(t, available) for t in texts]

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny backbones built from config in milliseconds, offline and telemetry-free."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from ccoe.backbone import load_backbone
+from ccoe.config import BackboneSpec
+from ccoe.model import CCoEModel
+
+ARCHITECTURES = ("llama", "qwen2", "mistral")
+
+
+def tiny_config(model_type: str = "llama", layers: int = 4, **overrides) -> dict:
+    config = dict(
+        model_type=model_type, vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    config.update(overrides)
+    return config
+
+
+def tiny_spec(model_type: str = "llama", layers: int = 4, seed: int = 0, **overrides) -> BackboneSpec:
+    return BackboneSpec(source="config", config=tiny_config(model_type, layers, **overrides), seed=seed)
+
+
+def perturb(expert, scale: float = 0.05, seed: int = 1):
+    """Make an expert differ from the backbone copy it started as (stands in for training)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in expert.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+    return expert
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CCOE_CACHE", str(tmp_path_factory.getbasetemp() / "ccoe-cache"))
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def backbone(arch):
+    return load_backbone(tiny_spec(arch))
+
+
+@pytest.fixture
+def llama_backbone():
+    return load_backbone(tiny_spec("llama"))
+
+
+@pytest.fixture
+def model(backbone) -> CCoEModel:
+    return CCoEModel(backbone)
+
+
+def backbone_bytes(model) -> dict[str, bytes]:
+    return {k: v.detach().clone().numpy().tobytes() for k, v in model.lm.state_dict().items()}

@@ -1,0 +1,101 @@
+"""The artifact round trip and the `ccoe` command, on a tiny local backbone with a real tokenizer."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from ccoe.artifact import MANIFEST_NAME, load_artifact, read_manifest, save_artifact
+from ccoe.backbone import load_backbone
+from ccoe.cli import build_model, main
+from ccoe.config import CCoESpec, load_yaml
+from tests.conftest import perturb, tiny_spec
+from tests.test_router import ROUTER_YAML
+
+WORDS = "what is the sum of two and three write python function sql query law court patient dose".split()
+
+
+@pytest.fixture
+def local_backbone_dir(tmp_path):
+    """A tiny Llama checkpoint directory with a word-level tokenizer whose vocabulary fits the model."""
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2}
+    vocab.update({w: i + 3 for i, w in enumerate(WORDS)})
+    vocab.update({f"w{i}": i for i in range(len(vocab), 97)})
+    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+    backbone = load_backbone(tiny_spec("llama", eos_token_id=2, pad_token_id=0))
+    directory = tmp_path / "tiny-llama"
+    backbone.model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def spec_file(tmp_path, local_backbone_dir):
+    path = tmp_path / "ccoe.yaml"
+    path.write_text(
+        f"backbone: {{source: '{local_backbone_dir}'}}\n"
+        "experts:\n"
+        "  - {name: math, domain: math, layers: {strategy: top, k: 1}}\n"
+        "  - {name: law, domain: law, layers: {strategy: explicit, indices: [0, 2]}}\n"
+    )
+    return path
+
+
+def test_artifact_round_trip_reproduces_logits(spec_file, tmp_path):
+    model = build_model(load_yaml(CCoESpec, spec_file))
+    for i, expert in enumerate(model.experts.values()):
+        perturb(expert, seed=i)
+    root = str(tmp_path / "artifact")
+    manifest = save_artifact(model, root)
+    assert sorted(p.name for p in (tmp_path / "artifact" / "blobs").iterdir()) == sorted(
+        f"{e.sha256}.safetensors" for e in manifest.experts.values()
+    )
+    loaded, router, again = load_artifact(root)
+    assert router is None and again == manifest == read_manifest(root)
+    ids = torch.randint(0, 97, (2, 5))
+    for name in ("math", "law", None):
+        assert torch.equal(loaded(ids, expert=name).logits, model(ids, expert=name).logits)
+
+
+def test_artifact_refuses_a_corrupt_blob(spec_file, tmp_path):
+    root = tmp_path / "artifact"
+    manifest = save_artifact(build_model(load_yaml(CCoESpec, spec_file)), str(root))
+    blob = root / manifest.experts["law"].blob
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        load_artifact(str(root))
+
+
+def test_cli_create_info_route_generate(spec_file, tmp_path, capsys):
+    out = str(tmp_path / "art")
+    assert main(["create", "--config", str(spec_file), "--router", str(ROUTER_YAML), "--out", out]) == 0
+    assert (tmp_path / "art" / MANIFEST_NAME).is_file()
+    assert "with experts ['law', 'math']" in capsys.readouterr().out
+
+    assert main(["info", "--artifact", out, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backbone"]["layers"] == 4 and info["experts"]["law"]["layers"] == [0, 2]
+    assert info["total_bytes"] < info["ensemble_bytes"]
+
+    assert main(["route", "--artifact", out, "what is the sum of two and three"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["expert"] == "math" and "keyword 'sum'" in decision["reason"]
+
+    assert main(["generate", "--artifact", out, "--json", "--max-new-tokens", "4", "what is the sum of two and three", "the court"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["expert"] for line in lines] == ["math", "law"]
+    assert all(isinstance(line["text"], str) for line in lines)
+
+    assert main(["generate", "--artifact", out, "--expert", "nope", "the court"]) == 2
+    assert "no expert named 'nope'" in capsys.readouterr().err
+
+
+def test_cli_reports_a_missing_artifact(tmp_path, capsys):
+    assert main(["info", "--artifact", str(tmp_path / "missing")]) == 2
+    assert "no CCoE artifact" in capsys.readouterr().err

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from ccoe.backbone import SUPPORTED_ARCHITECTURES, fingerprint_model, load_backbone
+from ccoe.config import BackboneSpec
+from tests.conftest import tiny_spec
+
+
+def test_backbone_is_frozen_and_in_eval_mode(backbone):
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    assert not backbone.model.training
+    assert backbone.num_layers == 4
+
+
+def test_fingerprint_is_deterministic_and_sensitive(arch):
+    a, b = load_backbone(tiny_spec(arch)), load_backbone(tiny_spec(arch))
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 64
+    assert load_backbone(tiny_spec(arch, seed=1)).fingerprint != a.fingerprint
+    with torch.no_grad():
+        b.model.model.norm.weight[0] += 1e-3
+    assert fingerprint_model(b.model) != a.fingerprint
+
+
+def test_fingerprint_is_taken_before_the_dtype_cast():
+    fp32 = load_backbone(tiny_spec("llama"))
+    bf16 = load_backbone(tiny_spec("llama").model_copy(update={"dtype": "bfloat16"}))
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert bf16.fingerprint == fp32.fingerprint
+
+
+def test_local_directory_round_trip_keeps_fingerprint(tmp_path):
+    original = load_backbone(tiny_spec("qwen2"))
+    original.model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_backbone(BackboneSpec(source=str(tmp_path / "ckpt")))
+    assert loaded.fingerprint == original.fingerprint
+    ids = torch.randint(0, 97, (2, 6))
+    assert torch.equal(loaded.model(ids).logits, original.model(ids).logits)
+    assert load_backbone(BackboneSpec(source=str(tmp_path / "ckpt"))).fingerprint == original.fingerprint  # cached
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    spec = BackboneSpec(source="config", config={"model_type": "gpt2", "n_layer": 2})
+    with pytest.raises(ValueError, match="llama, qwen2, mistral"):
+        load_backbone(spec)
+    assert SUPPORTED_ARCHITECTURES == ("llama", "qwen2", "mistral")
+
+
+def test_hub_id_offline_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="cannot load backbone 'HuggingFaceTB/SmolLM2-135M-Instruct'"):
+        load_backbone(BackboneSpec(source="HuggingFaceTB/SmolLM2-135M-Instruct"))
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="needs a `config` mapping"):
+        BackboneSpec(source="config")
+    with pytest.raises(ValueError, match="only used with source 'config'"):
+        BackboneSpec(source="some/dir", config={"model_type": "llama"})
+    with pytest.raises(ValueError, match="extra"):
+        BackboneSpec(source="x", dtyp="float32")

