@@ -184,3 +184,77 @@ class CCoESpec(Spec):
         if repeated:
             raise ValueError(f"expert names must be unique; repeated: {repeated}")
         return self
+
+
+class DataSpec(Spec):
+    """A domain's training data and how records become (prompt, response) pairs.
+
+    Exactly one of `source` (a local .jsonl/.json/.parquet/.csv file or folder/glob, or a Hugging Face
+    hub dataset name) and `records` (in-memory rows) is set. `prompt_template` / `response_template`
+    are `str.format` templates over a record's fields; without them `prompt_field` / `response_field`
+    are read as they are.
+    """
+
+    source: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    records: list[dict[str, Any]] | None = None
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    prompt_template: str | None = None
+    response_template: str | None = None
+    system_prompt: str | None = None
+    use_chat_template: bool = True
+    max_length: int = Field(256, ge=8)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if (self.source is None) == (self.records is None):
+            raise ValueError("data needs exactly one of `source` (file, folder or hub dataset) and `records`")
+        return self
+
+
+class TrainingSpec(Spec):
+    """Optimisation and hardware settings of one expert's training job (Lightning Trainer arguments)."""
+
+    max_steps: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    gradient_clip_val: float | None = 1.0
+    val_check_interval: int | None = Field(None, ge=1, description="validate every N steps (default: once per epoch)")
+    log_every_n_steps: int = Field(10, ge=1)
+    checkpoint_every_n_steps: int | None = Field(None, ge=1)
+    prefix_cache_mb: float = Field(0.0, ge=0, description="memory budget for caching frozen-prefix hidden states; 0 = off")
+    precision: Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "32-true"
+    accelerator: str = "cpu"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    seed: int = 0
+
+
+class TrackingSpec(Spec):
+    """Where MLflow runs go. Default: a local sqlite file and a local artifact folder under `root`."""
+
+    tracking_uri: str | None = None
+    experiment: str = "ccoe-experts"
+    artifact_location: str | None = None
+    root: str = "mlruns"
+
+
+class ExpertJobSpec(Spec):
+    """Everything one expert training job needs: what it trains on, how, and where results go."""
+
+    backbone: BackboneSpec
+    expert: ExpertSpec
+    data: DataSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    output_dir: str = "out/experts"

@@ -233,7 +233,7 @@ class CCoEModel(nn.Module):
     def _head(self, hidden, logits_to_keep: int | None):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return self.lm.lm_head(self.lm.model.norm(hidden))
+        return self.head(hidden)
 
     def forward(
         self,
@@ -268,10 +268,8 @@ class CCoEModel(nn.Module):
             ctx = self._context(embeds, attention_mask, None, None)
             return self._layers(embeds, ctx, [(slice(None), None)], 0, stop)
 
-    def forward_from_hidden(
-        self, hidden: torch.Tensor, attention_mask=None, *, start: int, expert: Route = None, logits_to_keep: int | None = None
-    ) -> torch.Tensor:
-        """Logits from hidden states (B, T, H) entering layer `start`, e.g. a cached shared prefix.
+    def hidden_from(self, hidden: torch.Tensor, attention_mask=None, *, start: int, expert: Route = None) -> torch.Tensor:
+        """Last-layer hidden states (B, T, H), before the final norm, from hidden states entering `start`.
 
         `start` must not be above the expert's lowest layer, or the expert would be skipped there.
         """
@@ -279,8 +277,17 @@ class CCoEModel(nn.Module):
         if module is not None and start > min(module.layer_indices):
             raise ValueError(f"start layer {start} is above expert {expert!r}'s lowest layer {min(module.layer_indices)}")
         ctx = self._context(hidden, attention_mask, None, None)
-        out = self._layers(hidden, ctx, [(slice(None), module)], start, self.num_layers)
-        return self._head(out, logits_to_keep)
+        return self._layers(hidden, ctx, [(slice(None), module)], start, self.num_layers)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head: (..., H) -> (..., V)."""
+        return self.lm.lm_head(self.lm.model.norm(hidden))
+
+    def forward_from_hidden(
+        self, hidden: torch.Tensor, attention_mask=None, *, start: int, expert: Route = None, logits_to_keep: int | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T', V) from hidden states (B, T, H) entering layer `start`, e.g. a cached shared prefix."""
+        return self._head(self.hidden_from(hidden, attention_mask, start=start, expert=expert), logits_to_keep)
 
     def forward_many(
         self, input_ids, attention_mask=None, *, experts: Sequence[Route], logits_to_keep: int | None = None

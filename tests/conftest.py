@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec
@@ -69,3 +71,26 @@ def model(backbone) -> CCoEModel:
 
 def backbone_bytes(model) -> dict[str, bytes]:
     return {k: v.detach().clone().numpy().tobytes() for k, v in model.lm.state_dict().items()}
+
+
+WORDS = ("what is the sum of two and three four five six seven eight nine ten plus minus equals answer "
+         "write python function sql query law court patient dose").split()
+
+
+def save_tiny_checkpoint(directory, model_type: str = "llama", layers: int = 4):
+    """A tiny checkpoint folder with a word-level tokenizer whose vocabulary fits the model (97 ids)."""
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2}
+    vocab.update({w: i + 3 for i, w in enumerate(WORDS)})
+    vocab.update({f"w{i}": i for i in range(len(vocab), 97)})
+    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+    backbone = load_backbone(tiny_spec(model_type, layers, eos_token_id=2, pad_token_id=0, initializer_range=0.3))
+    backbone.model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def local_backbone_dir(tmp_path):
+    return save_tiny_checkpoint(tmp_path / "tiny-llama")

@@ -4,34 +4,12 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from ccoe.artifact import MANIFEST_NAME, load_artifact, read_manifest, save_artifact
-from ccoe.backbone import load_backbone
 from ccoe.cli import build_model, main
 from ccoe.config import CCoESpec, load_yaml
-from tests.conftest import perturb, tiny_spec
+from tests.conftest import perturb
 from tests.test_router import ROUTER_YAML
-
-WORDS = "what is the sum of two and three write python function sql query law court patient dose".split()
-
-
-@pytest.fixture
-def local_backbone_dir(tmp_path):
-    """A tiny Llama checkpoint directory with a word-level tokenizer whose vocabulary fits the model."""
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[EOS]": 2}
-    vocab.update({w: i + 3 for i, w in enumerate(WORDS)})
-    vocab.update({f"w{i}": i for i in range(len(vocab), 97)})
-    raw = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
-    backbone = load_backbone(tiny_spec("llama", eos_token_id=2, pad_token_id=0))
-    directory = tmp_path / "tiny-llama"
-    backbone.model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
 
 @pytest.fixture
 def spec_file(tmp_path, local_backbone_dir):

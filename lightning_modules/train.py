@@ -1,0 +1,175 @@
+"""Train one expert: `train_expert(job)` for the flows, `python -m lightning_modules.train` by hand.
+
+One job = one MLflow run: params (the whole job spec), tags (expert, domain, backbone and data
+fingerprints), metrics (train/val loss, tokens/s, lr), and artifacts (the expert blob, the resolved
+config, the last expert-only checkpoint). Only global rank 0 writes the blob and the artifacts.
+
+Multi-process strategies (`ddp`, several devices or nodes) re-execute the entry point for every rank,
+so `train_expert` runs them as a `python -m lightning_modules.train` subprocess and reads its result
+file: a flow (or notebook) calling it is never re-executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from ccoe.backbone import load_backbone
+from ccoe.config import ExpertJobSpec, load_yaml
+from ccoe.expert import expert_from_spec, save_expert
+from ccoe.model import CCoEModel
+from lightning_modules.expert_module import DomainDataModule, ExpertModule
+from lightning_modules.tracking import job_params, log_files, make_logger
+
+
+@dataclass
+class ExpertTrainResult:
+    """What a finished job hands to the merge step."""
+
+    expert: str
+    domain: str
+    layers: list[int]
+    blob_path: str
+    sha256: str
+    bytes: int
+    run_id: str
+    backbone_fingerprint: str
+    data_fingerprint: str
+    metrics: dict[str, float]
+    checkpoint_path: str | None
+    seconds: float
+
+
+def _needs_launcher(job: ExpertJobSpec) -> bool:
+    t = job.training
+    return t.devices * t.num_nodes > 1 or t.strategy.startswith("ddp")
+
+
+def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()) -> pl.Trainer:
+    """The Lightning Trainer of a job: expert-only checkpoints every N steps (and `last.ckpt`)."""
+    t = job.training
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps or t.max_steps)
+    return pl.Trainer(
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None if t.val_check_interval else 1,
+        log_every_n_steps=t.log_every_n_steps,
+        logger=logger,
+        callbacks=[checkpoint, *callbacks],
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+
+
+def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> ExpertTrainResult | None:
+    """Run the job in this process (every rank of a multi-process run calls this). Rank 0 returns the result."""
+    started = time.perf_counter()
+    pl.seed_everything(job.training.seed, workers=True, verbose=False)
+    backbone = load_backbone(job.backbone)
+    model = CCoEModel(backbone)
+    model.push_expert(expert_from_spec(backbone, job.expert))
+    data = DomainDataModule(job.data, job.training, backbone.tokenizer)
+    data.setup("fit")
+    module = ExpertModule(model, job.expert.name, job.training)
+    out_dir = Path(job.output_dir).resolve() / job.expert.name
+    tags = {
+        "ccoe.expert": job.expert.name,
+        "ccoe.domain": job.expert.domain,
+        "ccoe.layers": json.dumps(list(model.experts[job.expert.name].layer_indices)),
+        "ccoe.backbone_fingerprint": backbone.fingerprint,
+        "ccoe.data_fingerprint": data.prepared.fingerprint,
+    }
+    logger = make_logger(job, tags)
+    run_id = logger.run_id  # creates the run on rank 0
+    trainer = build_trainer(job, logger, out_dir / "checkpoints" / (run_id or "run"))
+    if trainer.is_global_zero:
+        logger.log_hyperparams(job_params(job))
+        logger.experiment.set_tag(run_id, "ccoe.world_size", str(trainer.world_size))
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    if not trainer.is_global_zero:
+        return None
+
+    expert = model.experts[job.expert.name]
+    blob = save_expert(expert, out_dir / f"{job.expert.name}.safetensors")
+    config_path = out_dir / "job.yaml"
+    job.to_yaml(config_path)
+    last = trainer.checkpoint_callback.last_model_path or None
+    files = {"expert": blob.path, "config": config_path}
+    if last:
+        files["checkpoints"] = last
+    log_files(logger, files)
+    logger.experiment.log_metric(run_id, "expert/bytes", float(blob.num_bytes))
+    logger.finalize("success")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    return ExpertTrainResult(
+        expert=job.expert.name,
+        domain=job.expert.domain,
+        layers=list(expert.layer_indices),
+        blob_path=blob.path,
+        sha256=blob.sha256,
+        bytes=blob.num_bytes,
+        run_id=run_id,
+        backbone_fingerprint=backbone.fingerprint,
+        data_fingerprint=data.prepared.fingerprint,
+        metrics=metrics,
+        checkpoint_path=last,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def train_expert(job: ExpertJobSpec, resume_from: str | None = None) -> ExpertTrainResult:
+    """Train one expert and return its blob reference, MLflow run id and metrics.
+
+    Single-process jobs run here; multi-process jobs run as a subprocess (see the module docstring).
+    """
+    if not _needs_launcher(job):
+        return train_in_process(job, resume_from)
+    with tempfile.TemporaryDirectory(prefix="ccoe-train-") as tmp:
+        config, result = Path(tmp) / "job.yaml", Path(tmp) / "result.json"
+        job.to_yaml(config)
+        command = [sys.executable, "-m", "lightning_modules.train", "--config", str(config), "--result", str(result)]
+        if resume_from:
+            command += ["--resume-from", resume_from]
+        subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent.parent, env={**os.environ})
+        return ExpertTrainResult(**json.loads(result.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Train one CCoE expert (an ExpertJobSpec YAML) with PyTorch Lightning")
+    p.add_argument("--config", required=True, type=Path, help="ExpertJobSpec YAML")
+    p.add_argument("--resume-from", help="an expert checkpoint (.ckpt) to continue from")
+    p.add_argument("--result", type=Path, help="write the result as JSON here (rank 0)")
+    args = p.parse_args(argv)
+    job = load_yaml(ExpertJobSpec, args.config)
+    result = train_in_process(job, args.resume_from)
+    if result is not None:
+        text = json.dumps(asdict(result), indent=2)
+        if args.result:
+            args.result.write_text(text)
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""ccoe.training: the loss, the prefix cache, the schedule and the resumable data order."""
+
+import torch
+
+from ccoe.config import LayerSelection
+from ccoe.data import IGNORE_INDEX
+from ccoe.expert import create_expert
+from ccoe.training import PrefixCache, StepSeededBatchSampler, expert_lm_loss, warmup_cosine
+from tests.conftest import perturb
+
+
+def _batch(rows=4, width=9):
+    ids = torch.randint(3, 97, (rows, width))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    labels = ids.clone()
+    labels[:, :4] = IGNORE_INDEX
+    labels[mask == 0] = IGNORE_INDEX
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "index": torch.arange(rows)}
+
+
+def test_loss_equals_full_logits_cross_entropy(model):
+    model.push_expert(perturb(create_expert(model.backbone, "e", "d", LayerSelection(strategy="global", k=2))))
+    batch = _batch()
+    loss, count = expert_lm_loss(model, batch, "e")
+    logits = model(batch["input_ids"], batch["attention_mask"], expert="e").logits
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    assert count == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def test_prefix_cache_reproduces_the_loss_and_respects_its_budget(model):
+    model.push_expert(perturb(create_expert(model.backbone, "e", "d", LayerSelection(strategy="top", k=1))))
+    batch = _batch()
+    cache = PrefixCache(budget_bytes=10**8)
+    first, _ = expert_lm_loss(model, batch, "e", cache)
+    assert len(cache) == 4 and cache.misses == 1
+    second, _ = expert_lm_loss(model, batch, "e", cache)
+    assert cache.hits == 1
+    torch.testing.assert_close(first, second, atol=1e-6, rtol=1e-6)
+    one_row = 9 * 32 * 4
+    small = PrefixCache(budget_bytes=2 * one_row)
+    expert_lm_loss(model, batch, "e", small)
+    assert len(small) == 2 and small.used_bytes <= 2 * one_row
+
+
+def test_loss_gradients_reach_only_the_expert(model):
+    model.push_expert(create_expert(model.backbone, "e", "d", [1, 3]))
+    loss, _ = expert_lm_loss(model, _batch(), "e")
+    loss.backward()
+    assert all(p.grad is None for p in model.lm.parameters())
+    assert all(p.grad is not None for p in model.experts["e"].parameters())
+
+
+def test_warmup_cosine_schedule():
+    values = [warmup_cosine(s, warmup_steps=4, max_steps=20, min_ratio=0.1) for s in range(21)]
+    assert values[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert abs(values[20] - 0.1) < 1e-9 and all(a >= b for a, b in zip(values[4:], values[5:]))
+
+
+def test_sampler_resumes_exactly_and_shards_across_ranks():
+    full = StepSeededBatchSampler(22, 4, seed=3)
+    assert len(full) == 5
+    epochs = [list(iter(full)) for _ in range(3)]
+    assert epochs[0] != epochs[1]
+    resumed = StepSeededBatchSampler(22, 4, seed=3, start_batch=7)
+    assert list(iter(resumed)) == epochs[1][2:] and list(iter(resumed)) == epochs[2]
+    ranks = [list(iter(StepSeededBatchSampler(22, 4, seed=3, rank=r, world_size=2))) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 2
+    seen = [i for batches in ranks for b in batches for i in b]
+    assert len(seen) == len(set(seen))
