@@ -32,7 +32,9 @@ demo: setup
 	$(PY) -m ccoe.demo
 
 bench: setup
-	$(PY) benchmarks/bench_runtime.py --out BENCHMARKS.md
+	$(PY) benchmarks/bench_runtime.py --out benchmarks/results/runtime.md
+	$(PY) benchmarks/bench_training.py --out benchmarks/results/training.md
+	$(PY) benchmarks/collect.py > BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

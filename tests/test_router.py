@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from ccoe.config import RouterSpec, load_yaml
 from ccoe.router import RuleRouter

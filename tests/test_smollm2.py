@@ -49,3 +49,20 @@ def test_real_backbone_mixed_batch_matches_single_runs(smollm2):
         mixed = model(ids, expert_ids=["e", None]).logits
         for row, name in enumerate(["e", None]):
             torch.testing.assert_close(mixed[row], model(ids[row : row + 1], expert=name).logits[0], atol=1e-4, rtol=0)
+
+
+def test_example_training_job_runs_two_steps_on_the_real_backbone(tmp_path, smollm2):
+    from pathlib import Path
+
+    from ccoe.config import ExpertJobSpec, load_yaml
+    from lightning_modules.train import train_expert
+
+    example = load_yaml(ExpertJobSpec, Path(__file__).resolve().parent.parent / "configs" / "train-expert-example.yaml")
+    job = example.model_copy(update={
+        "training": example.training.model_copy(update={"max_steps": 2}),
+        "tracking": example.tracking.model_copy(update={"root": str(tmp_path / "mlruns")}),
+        "output_dir": str(tmp_path / "experts"),
+    })
+    result = train_expert(job)
+    assert result.backbone_fingerprint == smollm2.fingerprint and result.layers == list(range(22, 30))
+    assert 100e6 < result.bytes < 120e6 and result.metrics["train/loss"] < 5
