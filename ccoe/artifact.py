@@ -1,29 +1,38 @@
-"""The CCoE artifact: a small JSON manifest (`ccoe.json`) plus expert blobs addressed by sha256.
+"""The CCoE artifact: a small JSON manifest plus expert blobs addressed by sha256, and its merge.
 
-Layout under any fsspec root (a local folder, `s3://bucket/prefix`, ...):
+    <store>/blobs/<sha256>.safetensors   one blob per expert version: only that expert's tensors
+    ccoe.json                            the manifest (next to the blobs for a plain artifact folder;
+                                         in an MLflow model version for the registry)
 
-    ccoe.json                          manifest: backbone source + fingerprint, experts, router
-    blobs/<sha256>.safetensors         one blob per expert, only that expert's tensors
+The manifest names the backbone (spec + fingerprint), where blobs live (`storage`; None = the
+manifest's own folder), each expert (domain, layers, blob, sha256, bytes, backbone fingerprint,
+training run, data fingerprint, metrics), the router, and the registry version it was merged from.
 
-Writing uploads only blobs that are not already present and writes the manifest last, so a reader
-never sees a manifest whose blobs are missing. Loading verifies the backbone fingerprint and every
-blob's sha256 before any expert tensor reaches the model.
+Pop-and-push is a pure function on manifests (`push`, `pop`, `merge`): unchanged experts keep their
+entries (and blobs) as they were, so a new version costs the new expert's bytes. The I/O around it
+(`stage_blobs`, `verify_present`) uploads only missing blobs and checks that every referenced blob is
+there before a manifest is published. Loading checks the backbone fingerprint and every blob's
+sha256 before any tensor reaches the model; verified blobs are cached locally by hash.
 """
 
 from __future__ import annotations
 
 import hashlib
-import posixpath
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
-import fsspec
 from pydantic import Field
 
-from ccoe.backbone import load_backbone
-from ccoe.config import BackboneSpec, RouterSpec, Spec
-from ccoe.expert import Expert, expert_from_bytes, expert_to_bytes
+from ccoe.backbone import Backbone, cache_root, load_backbone
+from ccoe.config import BackboneSpec, RouterSpec, Spec, StorageSpec, check_name
+from ccoe.expert import expert_from_bytes, expert_to_bytes, read_blob_metadata
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter
+from ccoe.storage import BlobStore
 
 MANIFEST_NAME = "ccoe.json"
 MANIFEST_FORMAT = "ccoe-manifest/1"
@@ -37,9 +46,10 @@ class BackboneEntry(Spec):
 class ExpertEntry(Spec):
     domain: str
     layers: list[int]
-    blob: str = Field(description="blob path relative to the artifact root, or an absolute URI")
+    blob: str = Field(description="blob name relative to the blob store root")
     sha256: str
     bytes: int
+    backbone_fingerprint: str
     run_id: str | None = None
     data_fingerprint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -48,80 +58,176 @@ class ExpertEntry(Spec):
 class Manifest(Spec):
     format: Literal["ccoe-manifest/1"] = MANIFEST_FORMAT
     backbone: BackboneEntry
+    storage: StorageSpec | None = None
     experts: dict[str, ExpertEntry] = Field(default_factory=dict)
     router: RouterSpec | None = None
-    parent: str | None = None
+    parent: int | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
 
 
-def _join(root: str, name: str) -> str:
-    return name if "://" in name or name.startswith("/") else f"{root.rstrip('/')}/{name}"
+def bare_manifest(backbone: Backbone, storage: StorageSpec | None = None, router: RouterSpec | None = None) -> Manifest:
+    """The starting point of a registry: the backbone and no experts."""
+    return Manifest(backbone=BackboneEntry(spec=backbone.spec, fingerprint=backbone.fingerprint), storage=storage, router=router)
 
 
-def blob_name(sha256: str) -> str:
-    return f"blobs/{sha256}.safetensors"
+# -- pop and push: pure functions on manifests ------------------------------------------------------
 
 
-def put_blob(root: str, data: bytes) -> tuple[str, str]:
-    """Upload blob bytes unless a blob with the same hash exists; return (relative name, sha256)."""
-    sha = hashlib.sha256(data).hexdigest()
-    name = blob_name(sha)
-    fs, path = fsspec.core.url_to_fs(_join(root, name))
-    if not fs.exists(path):
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    return name, sha
+def push(manifest: Manifest, name: str, entry: ExpertEntry) -> Manifest:
+    """Add an expert or replace the one with the same name. Pushing an identical entry changes nothing."""
+    check_name(name)
+    if entry.backbone_fingerprint != manifest.backbone.fingerprint:
+        raise ValueError(
+            f"expert {name!r} was trained on backbone {entry.backbone_fingerprint[:12]}…, but this artifact's backbone is "
+            f"{manifest.backbone.fingerprint[:12]}…; retrain it on this backbone"
+        )
+    return manifest.model_copy(update={"experts": {**manifest.experts, name: entry}})
 
 
-def get_blob(root: str, entry: ExpertEntry) -> bytes:
-    with fsspec.open(_join(root, entry.blob), "rb") as handle:
-        return handle.read()
+def pop(manifest: Manifest, name: str) -> Manifest:
+    if name not in manifest.experts:
+        raise KeyError(f"cannot pop expert {name!r}: the artifact has {sorted(manifest.experts)}")
+    return manifest.model_copy(update={"experts": {k: v for k, v in manifest.experts.items() if k != name}})
 
 
-def expert_entry(expert: Expert, blob: str, sha256: str, num_bytes: int, **lineage) -> ExpertEntry:
-    return ExpertEntry(domain=expert.domain, layers=list(expert.layer_indices), blob=blob, sha256=sha256, bytes=num_bytes, **lineage)
+def merge(
+    base: Manifest,
+    pushes: Mapping[str, ExpertEntry] = (),
+    pops: Iterable[str] = (),
+    router: RouterSpec | None = None,
+    parent: int | None = None,
+) -> Manifest:
+    """Pops, then pushes, then the router (if given) and the parent version. Validates everything first."""
+    pushes, pops = dict(pushes), list(pops)
+    for name in [*pushes, *pops]:
+        check_name(name)
+    result = base
+    for name in pops:
+        result = pop(result, name)
+    for name, entry in pushes.items():
+        result = push(result, name, entry)
+    update = {"parent": parent}
+    if router is not None:
+        update["router"] = router
+    return result.model_copy(update=update)
 
 
-def write_manifest(root: str, manifest: Manifest) -> None:
-    fs, path = fsspec.core.url_to_fs(_join(root, MANIFEST_NAME))
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    fs.pipe_file(tmp, manifest.model_dump_json(indent=2).encode())
-    fs.mv(tmp, path)
+# -- I/O around the merge ---------------------------------------------------------------------------
 
 
-def read_manifest(root: str) -> Manifest:
-    uri = _join(str(root), MANIFEST_NAME)
-    try:
-        with fsspec.open(uri, "rb") as handle:
-            return Manifest.model_validate_json(handle.read())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no CCoE artifact at {root}: {MANIFEST_NAME} is missing") from None
+@dataclass
+class ExpertBlob:
+    """An expert blob to publish, with its lineage."""
+
+    data: bytes
+    run_id: str | None = None
+    data_fingerprint: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **lineage) -> "ExpertBlob":
+        return cls(Path(path).read_bytes(), **lineage)
 
 
-def save_artifact(model: CCoEModel, root: str, router: RouterSpec | None = None, parent: str | None = None) -> Manifest:
-    """Write every expert blob (skipping ones already present), then the manifest."""
-    root = str(root)
+def stage_blobs(store: BlobStore, blobs: Sequence[ExpertBlob], fingerprint: str | None = None) -> dict[str, ExpertEntry]:
+    """Upload blobs that are not in the store yet; return their manifest entries by expert name.
+
+    Every blob is checked (format, name, backbone fingerprint, duplicate names) before anything is
+    written, so a bad input leaves the store untouched.
+    """
+    metas = [read_blob_metadata(b.data) for b in blobs]
+    names = [check_name(m["name"]) for m in metas]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"several blobs for the same expert in one merge: {repeated}")
+    if fingerprint is not None:
+        for meta in metas:
+            if meta["backbone_fingerprint"] != fingerprint:
+                raise ValueError(
+                    f"expert {meta['name']!r} was trained on backbone {meta['backbone_fingerprint'][:12]}…, "
+                    f"not this artifact's {fingerprint[:12]}…; nothing was written"
+                )
     entries = {}
-    for name, expert in model.experts.items():
-        data = expert_to_bytes(expert)
-        blob, sha = put_blob(root, data)
-        entries[name] = expert_entry(expert, blob, sha, len(data))
-    manifest = Manifest(
-        backbone=BackboneEntry(spec=model.backbone.spec, fingerprint=model.fingerprint),
-        experts=entries,
-        router=router,
-        parent=parent,
-    )
-    write_manifest(root, manifest)
+    for blob, meta in zip(blobs, metas):
+        name, sha = store.put_blob(blob.data)
+        entries[meta["name"]] = ExpertEntry(
+            domain=meta["domain"], layers=json.loads(meta["layers"]), blob=name, sha256=sha, bytes=len(blob.data),
+            backbone_fingerprint=meta["backbone_fingerprint"], run_id=blob.run_id,
+            data_fingerprint=blob.data_fingerprint, metrics=blob.metrics,
+        )
+    return entries
+
+
+def verify_present(manifest: Manifest, store: BlobStore) -> None:
+    """Every referenced blob exists with the recorded size (blobs are verified by hash when written)."""
+    problems = []
+    for name, entry in manifest.experts.items():
+        if not store.exists(entry.blob):
+            problems.append(f"{name}: {store.url(entry.blob)} is missing")
+        elif store.size(entry.blob) != entry.bytes:
+            problems.append(f"{name}: {store.url(entry.blob)} has {store.size(entry.blob)} bytes, manifest says {entry.bytes}")
+    if problems:
+        raise FileNotFoundError("manifest references blobs that are not in place:\n  " + "\n  ".join(problems))
+
+
+def fetch_blob(store: BlobStore, entry: ExpertEntry, use_cache: bool = True) -> bytes:
+    """Blob bytes with their sha256 verified; served from `$CCOE_CACHE/blobs/` when cached."""
+    cached = cache_root() / "blobs" / f"{entry.sha256}.safetensors"
+    if use_cache and cached.is_file():
+        data = cached.read_bytes()
+        if hashlib.sha256(data).hexdigest() == entry.sha256:
+            return data
+        cached.unlink()
+    data = store.get(entry.blob)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry.sha256:
+        raise ValueError(f"expert blob sha256 mismatch at {store.url(entry.blob)}: expected {entry.sha256}, got {actual}")
+    if use_cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(cached)
+    return data
+
+
+# -- plain artifact folders -------------------------------------------------------------------------
+
+
+def write_manifest(store: BlobStore, manifest: Manifest) -> None:
+    store.put_file(MANIFEST_NAME, manifest.to_json().encode())
+
+
+def read_manifest(root: str | StorageSpec) -> Manifest:
+    store = BlobStore(root)
+    if not store.exists(MANIFEST_NAME):
+        raise FileNotFoundError(f"no CCoE artifact at {store.spec.uri}: {MANIFEST_NAME} is missing")
+    return Manifest.model_validate_json(store.get(MANIFEST_NAME))
+
+
+def save_artifact(model: CCoEModel, root: str | StorageSpec, router: RouterSpec | None = None, parent: int | None = None) -> Manifest:
+    """Write every expert blob (skipping ones present), check them, then write the manifest last."""
+    store = BlobStore(root)
+    entries = stage_blobs(store, [ExpertBlob(expert_to_bytes(e)) for e in model.experts.values()], model.fingerprint)
+    manifest = merge(bare_manifest(model.backbone, router=router), entries, parent=parent)
+    verify_present(manifest, store)
+    write_manifest(store, manifest)
     return manifest
 
 
-def load_artifact(root: str, device: str = "cpu", dtype: str | None = None) -> tuple[CCoEModel, RuleRouter | None, Manifest]:
-    """Load the backbone and every expert of an artifact, verifying fingerprints and hashes."""
-    root = str(root)
-    manifest = read_manifest(root)
+def blob_store_for(manifest: Manifest, manifest_root: str | StorageSpec | None) -> BlobStore:
+    if manifest.storage is not None:
+        return BlobStore(manifest.storage)
+    if manifest_root is None:
+        raise ValueError("this manifest keeps its blobs next to itself, but no manifest folder was given")
+    return BlobStore(manifest_root)
+
+
+def model_from_manifest(
+    manifest: Manifest, store: BlobStore, device: str = "cpu", dtype: str | None = None, use_cache: bool = True
+) -> tuple[CCoEModel, RuleRouter | None]:
+    """Backbone + experts of a manifest: fingerprint first, then each blob's sha256, then tensors."""
     spec = manifest.backbone.spec if dtype is None else manifest.backbone.spec.model_copy(update={"dtype": dtype})
     backbone = load_backbone(spec, device=device)
     if backbone.fingerprint != manifest.backbone.fingerprint:
@@ -131,9 +237,14 @@ def load_artifact(root: str, device: str = "cpu", dtype: str | None = None) -> t
         )
     model = CCoEModel(backbone)
     for name, entry in manifest.experts.items():
-        expert = expert_from_bytes(get_blob(root, entry), backbone, sha256=entry.sha256)
+        expert = expert_from_bytes(fetch_blob(store, entry, use_cache), backbone, sha256=entry.sha256)
         if expert.name != name:
             raise ValueError(f"manifest entry {name!r} points at a blob of expert {expert.name!r}")
         model.push_expert(expert)
-    router = RuleRouter(manifest.router) if manifest.router is not None else None
+    return model, RuleRouter(manifest.router) if manifest.router is not None else None
+
+
+def load_artifact(root: str | StorageSpec, device: str = "cpu", dtype: str | None = None) -> tuple[CCoEModel, RuleRouter | None, Manifest]:
+    manifest = read_manifest(root)
+    model, router = model_from_manifest(manifest, blob_store_for(manifest, root), device, dtype)
     return model, router, manifest

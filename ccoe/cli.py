@@ -84,10 +84,21 @@ def _cmd_create(args) -> int:
     return 0
 
 
-def _cmd_info(args) -> int:
+def load_any(artifact: str, tracking_uri: str | None = None):
+    """An artifact folder / fsspec root, or a registry URI (`models:/NAME@alias`, `models:/NAME/3`)."""
+    if artifact.startswith("models:/"):
+        from ccoe.config import RegistrySpec
+        from ccoe.registry import load, parse_uri
+
+        name, _ = parse_uri(artifact, RegistrySpec())
+        return load(artifact, RegistrySpec(model_name=name, tracking_uri=tracking_uri))
     from ccoe.artifact import load_artifact
 
-    model, _, manifest = load_artifact(args.artifact)
+    return load_artifact(artifact)
+
+
+def _cmd_info(args) -> int:
+    model, _, manifest = load_any(args.artifact, args.tracking_uri)
     info = describe(model, manifest)
     print(json.dumps(info, indent=2)) if args.json else _print_info(info)
     return 0
@@ -119,10 +130,9 @@ def _cmd_route(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from ccoe.artifact import load_artifact
     from ccoe.generation import generate_text
 
-    model, router, _ = load_artifact(args.artifact)
+    model, router, _ = load_any(args.artifact, args.tracking_uri)
     experts, reasons = _routes(args.prompts, router, model, args.expert, args.backbone_only)
     generator = torch.Generator().manual_seed(args.seed)
     completions = generate_text(
@@ -134,6 +144,15 @@ def _cmd_generate(args) -> int:
             print(json.dumps({"prompt": completion.prompt, "expert": completion.expert, "reason": reason, "text": completion.text}))
         else:
             print(f"[{completion.expert or 'backbone'}] {reason}\n> {completion.prompt}\n{completion.text}\n")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from ccoe.export import export_expert
+
+    model, _, _ = load_any(args.artifact, args.tracking_uri)
+    out = export_expert(model, args.expert, args.out)
+    print(f"wrote {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
 
@@ -151,8 +170,12 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--out", required=True, help="artifact root (local folder or fsspec URI)")
     create.set_defaults(func=_cmd_create)
 
+    artifact_help = "artifact folder / fsspec root, or models:/NAME@alias from the MLflow registry"
+    tracking_help = "MLflow tracking URI for models:/ artifacts (default: sqlite:///mlruns/mlflow.db)"
+
     info = sub.add_parser("info", help="backbone, experts, layers and bytes of an artifact")
-    info.add_argument("--artifact", required=True)
+    info.add_argument("--artifact", required=True, help=artifact_help)
+    info.add_argument("--tracking-uri", help=tracking_help)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_cmd_info)
 
@@ -162,7 +185,8 @@ def parser() -> argparse.ArgumentParser:
     route.set_defaults(func=_cmd_route)
 
     gen = sub.add_parser("generate", help="generate text; prompts are routed by the artifact's gate")
-    gen.add_argument("--artifact", required=True)
+    gen.add_argument("--artifact", required=True, help=artifact_help)
+    gen.add_argument("--tracking-uri", help=tracking_help)
     who = gen.add_mutually_exclusive_group()
     who.add_argument("--expert", help="force this expert for every prompt")
     who.add_argument("--backbone-only", action="store_true", help="bypass the experts")
@@ -175,6 +199,13 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true")
     gen.add_argument("prompts", nargs="+")
     gen.set_defaults(func=_cmd_generate)
+
+    export = sub.add_parser("export", help="write one expert as a standalone transformers checkpoint")
+    export.add_argument("--artifact", required=True, help=artifact_help)
+    export.add_argument("--tracking-uri", help=tracking_help)
+    export.add_argument("--expert", required=True)
+    export.add_argument("--out", required=True, type=Path)
+    export.set_defaults(func=_cmd_export)
     return p
 
 

@@ -258,3 +258,33 @@ class ExpertJobSpec(Spec):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     output_dir: str = "out/experts"
+
+
+class StorageSpec(Spec):
+    """Where expert blobs live: a local folder or `s3://bucket/prefix` (any fsspec URI).
+
+    Credentials are never part of the config (so never logged or stored in a manifest): they are read
+    from the environment variables named here, or the standard AWS chain when those are unset.
+    """
+
+    uri: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+
+
+class RegistrySpec(Spec):
+    """The MLflow model registry that holds CCoE manifests as model versions."""
+
+    tracking_uri: str | None = None
+    model_name: str = "ccoe"
+    experiment: str = "ccoe-registry"
+    artifact_location: str | None = None
+    root: str = "mlruns"
+    max_merge_retries: int = Field(3, ge=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return check_name(value, "registered model name")

@@ -39,7 +39,8 @@ def test_artifact_round_trip_reproduces_logits(spec_file, tmp_path):
         assert torch.equal(loaded(ids, expert=name).logits, model(ids, expert=name).logits)
 
 
-def test_artifact_refuses_a_corrupt_blob(spec_file, tmp_path):
+def test_artifact_refuses_a_corrupt_blob(spec_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("CCOE_CACHE", str(tmp_path / "empty-cache"))  # a cached verified copy would be used instead
     root = tmp_path / "artifact"
     manifest = save_artifact(build_model(load_yaml(CCoESpec, spec_file)), str(root))
     blob = root / manifest.experts["law"].blob

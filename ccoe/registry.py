@@ -1,0 +1,293 @@
+"""The MLflow model registry of CCoE manifests (the only module of `ccoe` that imports mlflow).
+
+A registered model version holds one manifest (`ccoe.json`) inside an MLflow pyfunc model whose
+code is `ccoe/pyfunc_entry.py` (models-from-code: no pickle). Expert blobs stay in the blob store the
+manifest names; a version is registered only after every blob it references is verified present.
+Aliases: `candidate` (the latest merge) and `champion` (promoted by the gated evaluation).
+
+Racing merges. Each version is created with a `ccoe.parent` tag (the version its manifest was
+merged from; 0 for none). MLflow numbers versions atomically, so validity is decidable after the
+fact: version V is valid iff it is not tagged `ccoe.status` = `superseded` or `rejected` and no valid
+version W has parent(V) < W < V. A merge whose new version is invalid (someone else published on
+top of the same base in between, e.g. a concurrent merge or a candidate still under evaluation)
+tags it `superseded`, re-applies its pops and pushes on the newest valid version and registers
+again, up to `max_merge_retries` times: no expert is lost. The gated evaluation tags a candidate it
+refuses `rejected`, so later merges from the champion do not build on it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ccoe.artifact import (
+    MANIFEST_NAME, ExpertBlob, ExpertEntry, Manifest, blob_store_for, merge, model_from_manifest, stage_blobs, verify_present,
+)
+from ccoe.config import RegistrySpec, RouterSpec, check_name
+from ccoe.generation import generate_text
+from ccoe.storage import BlobStore
+
+ENTRY_FILE = Path(__file__).resolve().parent / "pyfunc_entry.py"
+PARENT_TAG, STATUS_TAG = "ccoe.parent", "ccoe.status"
+RETIRED = ("superseded", "rejected")
+
+
+def tracking_uri(spec: RegistrySpec) -> str:
+    if spec.tracking_uri:
+        return spec.tracking_uri
+    root = Path(spec.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root}/mlflow.db"
+
+
+def client(spec: RegistrySpec) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri(spec), registry_uri=tracking_uri(spec))
+
+
+def _experiment_id(spec: RegistrySpec, mlc: MlflowClient) -> str:
+    experiment = mlc.get_experiment_by_name(spec.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = spec.artifact_location or (None if spec.tracking_uri else (Path(spec.root).resolve() / "artifacts").as_uri())
+    try:
+        return mlc.create_experiment(spec.experiment, artifact_location=location)
+    except MlflowException:  # created concurrently
+        return mlc.get_experiment_by_name(spec.experiment).experiment_id
+
+
+# -- reading ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredManifest:
+    version: int
+    manifest: Manifest
+    aliases: tuple[str, ...]
+
+
+def parse_uri(uri: str, spec: RegistrySpec) -> tuple[str, str]:
+    """`models:/NAME@alias` or `models:/NAME/3` -> (name, alias-or-version)."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"not a registry URI: {uri!r} (expected models:/NAME@alias or models:/NAME/VERSION)")
+    rest = uri.removeprefix("models:/")
+    name, sep, ref = rest.partition("@") if "@" in rest else rest.partition("/")
+    if not sep or not ref:
+        raise ValueError(f"registry URI {uri!r} needs an alias (@champion) or a version (/3)")
+    return name, ref
+
+
+def get_version(spec: RegistrySpec, ref: str | int, name: str | None = None) -> RegisteredManifest | None:
+    """A version by number or alias, with its manifest; None when the alias or model does not exist."""
+    mlc, name = client(spec), name or spec.model_name
+    try:
+        mv = mlc.get_model_version(name, str(ref)) if str(ref).isdigit() else mlc.get_model_version_by_alias(name, str(ref))
+    except MlflowException:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=tmp, tracking_uri=tracking_uri(spec))
+        manifest = Manifest.model_validate_json((Path(local) / "artifacts" / MANIFEST_NAME).read_text())
+    return RegisteredManifest(int(mv.version), manifest, tuple(mv.aliases))
+
+
+def _versions(spec: RegistrySpec) -> list:
+    try:
+        found = client(spec).search_model_versions(f"name='{spec.model_name}'")
+    except MlflowException:
+        return []
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def valid_versions(spec: RegistrySpec) -> list[int]:
+    """Versions that no concurrent merge overtook (see the module docstring), ascending."""
+    valid: list[int] = []
+    for mv in _versions(spec):
+        version, parent = int(mv.version), int(mv.tags.get(PARENT_TAG, "0"))
+        if mv.tags.get(STATUS_TAG) not in RETIRED and not any(parent < w < version for w in valid):
+            valid.append(version)
+    return valid
+
+
+def load(uri: str, spec: RegistrySpec, device: str = "cpu", dtype: str | None = None, use_cache: bool = True):
+    """`models:/NAME@alias` -> (CCoEModel, RuleRouter | None, Manifest), every hash and fingerprint checked."""
+    name, ref = parse_uri(uri, spec)
+    found = get_version(spec, ref, name)
+    if found is None:
+        raise KeyError(f"{uri} does not exist in the registry at {tracking_uri(spec)}")
+    model, router = model_from_manifest(found.manifest, blob_store_for(found.manifest, None), device, dtype, use_cache)
+    return model, router, found.manifest
+
+
+# -- writing ------------------------------------------------------------------------------------------
+
+
+def _register(spec: RegistrySpec, manifest: Manifest, tags: dict[str, str]) -> int:
+    mlc = client(spec)
+    mlflow.set_tracking_uri(tracking_uri(spec))
+    mlflow.set_registry_uri(tracking_uri(spec))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / MANIFEST_NAME
+        path.write_text(manifest.to_json())
+        with mlflow.start_run(experiment_id=_experiment_id(spec, mlc), run_name=f"register-{spec.model_name}") as run:
+            mlflow.set_tags({k: v for k, v in tags.items() if k != PARENT_TAG})
+            info = mlflow.pyfunc.log_model(
+                name="ccoe", python_model=str(ENTRY_FILE), artifacts={"manifest": str(path)},
+                pip_requirements=["ccoe"],
+            )
+            _ensure_registered_model(mlc, spec.model_name)
+            mv = mlc.create_model_version(spec.model_name, info.model_uri, run_id=run.info.run_id, tags=tags)
+    return int(mv.version)
+
+
+def _ensure_registered_model(mlc: MlflowClient, name: str) -> None:
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException:
+        try:
+            mlc.create_registered_model(name)
+        except MlflowException:  # created concurrently
+            mlc.get_registered_model(name)
+
+
+def _tags(manifest: Manifest, parent: int | None, pushed: Iterable[str], popped: Iterable[str]) -> dict[str, str]:
+    tags = {
+        PARENT_TAG: str(parent or 0),
+        "ccoe.backbone_fingerprint": manifest.backbone.fingerprint,
+        "ccoe.experts": ",".join(sorted(manifest.experts)),
+        "ccoe.pushed": ",".join(sorted(pushed)),
+        "ccoe.popped": ",".join(sorted(popped)),
+    }
+    for name, entry in manifest.experts.items():
+        tags[f"ccoe.expert.{name}"] = json.dumps({"sha256": entry.sha256, "run_id": entry.run_id, "layers": entry.layers})
+    return tags
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    version: int
+    manifest: Manifest
+    bytes_uploaded: int
+    attempts: int
+
+
+def merge_and_register(
+    spec: RegistrySpec,
+    store: BlobStore,
+    *,
+    bare: Manifest,
+    blobs: Sequence[ExpertBlob] = (),
+    pops: Iterable[str] = (),
+    router: RouterSpec | None = None,
+    base_alias: str = "champion",
+    alias: str = "candidate",
+) -> MergeResult:
+    """Pop-and-push experts into the registered model and register the result under `alias`.
+
+    The base is the version at `base_alias`, else the newest valid version, else `bare` (the backbone
+    with no experts). Blobs are uploaded first (only missing ones), every referenced blob is verified
+    present, then the version is registered; racing merges are detected and retried on the new head.
+    """
+    pops = [check_name(p) for p in pops]
+    base = get_version(spec, base_alias) or _newest_valid(spec)
+    unknown = [p for p in pops if p not in (base.manifest if base else bare).experts]
+    if unknown:
+        raise KeyError(f"cannot pop {unknown}: the base version has {sorted((base.manifest if base else bare).experts)}; nothing was written")
+    before = store.bytes_written
+    pushes: dict[str, ExpertEntry] = stage_blobs(store, blobs, bare.backbone.fingerprint)
+    for attempt in range(1, spec.max_merge_retries + 2):
+        parent_manifest = base.manifest if base else bare
+        if parent_manifest.backbone.fingerprint != bare.backbone.fingerprint:
+            raise ValueError("the registered model is built on a different backbone than this merge; use another model name")
+        if parent_manifest.storage not in (None, store.spec):
+            raise ValueError(f"the registered model keeps its blobs at {parent_manifest.storage.uri}, not {store.spec.uri}")
+        manifest = merge(parent_manifest, pushes, [p for p in pops if p in parent_manifest.experts],
+                         router=router, parent=base.version if base else None)
+        manifest = manifest.model_copy(update={"storage": manifest.storage or store.spec})
+        verify_present(manifest, store)
+        version = _register(spec, manifest, _tags(manifest, base.version if base else None, pushes, pops))
+        if version in valid_versions(spec):
+            _advance_alias(spec, alias, version)
+            return MergeResult(version, manifest, store.bytes_written - before, attempt)
+        client(spec).set_model_version_tag(spec.model_name, str(version), STATUS_TAG, "superseded")
+        base = _newest_valid(spec)
+    raise RuntimeError(
+        f"merge into {spec.model_name!r} lost the race {spec.max_merge_retries + 1} times to concurrent merges; "
+        "nothing was aliased; run it again"
+    )
+
+
+def _advance_alias(spec: RegistrySpec, alias: str, version: int) -> None:
+    """Point `alias` at `version` unless a concurrent merge already moved it to a newer version."""
+    current = get_alias_version(spec, alias)
+    if current is None or current < version:
+        set_alias(spec, alias, version)
+
+
+def get_alias_version(spec: RegistrySpec, alias: str) -> int | None:
+    try:
+        return int(client(spec).get_model_version_by_alias(spec.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _newest_valid(spec: RegistrySpec) -> RegisteredManifest | None:
+    valid = valid_versions(spec)
+    return get_version(spec, valid[-1]) if valid else None
+
+
+def set_alias(spec: RegistrySpec, alias: str, version: int) -> None:
+    client(spec).set_registered_model_alias(spec.model_name, alias, str(version))
+
+
+def tag_version(spec: RegistrySpec, version: int, tags: Mapping[str, str]) -> None:
+    mlc = client(spec)
+    for key, value in tags.items():
+        mlc.set_model_version_tag(spec.model_name, str(version), key, value)
+
+
+# -- serving ------------------------------------------------------------------------------------------
+
+
+class CCoEPyfunc(mlflow.pyfunc.PythonModel):
+    """`mlflow models serve` entry: rows of {prompt, expert?, max_new_tokens?} -> {text, expert, reason}.
+
+    The manifest is the only model artifact; the backbone and blobs are fetched (and verified) at
+    load. An `expert` column routes explicitly (null = the gate decides; "backbone" = no expert).
+    """
+
+    def load_context(self, context):
+        manifest = Manifest.model_validate_json(Path(context.artifacts["manifest"]).read_text())
+        self.model, self.router = model_from_manifest(manifest, blob_store_for(manifest, None))
+
+    def _route(self, prompt: str, requested) -> tuple[str | None, str]:
+        if isinstance(requested, str) and requested:
+            if requested == "backbone":
+                return None, "requested: backbone"
+            if requested not in self.model.experts:
+                raise ValueError(f"unknown expert {requested!r}; available: {sorted(self.model.experts)} or 'backbone'")
+            return requested, f"requested: {requested}"
+        if self.router is None:
+            return None, "no router in this model: backbone"
+        decision = self.router.route(prompt, available=self.model.expert_names())
+        return decision.expert, decision.reason
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "prompt" not in frame.columns:
+            raise ValueError("input needs a 'prompt' column (optional: 'expert', 'max_new_tokens')")
+        requested = frame["expert"] if "expert" in frame.columns else [None] * len(frame)
+        routes = [self._route(p, r if not pd.isna(r) else None) for p, r in zip(frame["prompt"], requested)]
+        budget = int(frame["max_new_tokens"].max()) if "max_new_tokens" in frame.columns else int((params or {}).get("max_new_tokens", 64))
+        completions = generate_text(self.model, self.model.backbone.tokenizer, list(frame["prompt"]), [e for e, _ in routes], max_new_tokens=budget)
+        return pd.DataFrame({"text": [c.text for c in completions], "expert": [e or "backbone" for e, _ in routes], "reason": [r for _, r in routes]})
+
+
+def set_pyfunc_model() -> None:
+    mlflow.models.set_model(CCoEPyfunc())

