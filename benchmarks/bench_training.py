@@ -148,7 +148,7 @@ def report(rows: list[dict], device: str, dtype: str, batch: int, seq: int, step
         "", "Memory: on CPU, \"peak above runtime\" is the peak RSS minus the RSS after importing torch and transformers",
         f"(~{runtime_mib:,.0f} MiB, the same for every method), so it counts weights, gradients, optimizer state and",
         "activations; the goal uses it. On GPU both columns are `torch.cuda.max_memory_allocated`.", "",
-        f"Where the time goes: counting matmul FLOPs per token (forward 1x, backward 2x; LM head on the supervised half),",
+        "Where the time goes: counting matmul FLOPs per token (forward 1x, backward 2x; LM head on the supervised half),",
         f"an `expert-top` step is {top / fft:.2f}x a full fine-tune step, because the frozen prefix ({LAYERS - K_QUARTER} of {LAYERS} layers)",
         f"still runs forward; measured here: {measured:.2f}x (the full fine-tune also pays for weight gradients and AdamW",
         "over all 134.5 M parameters, which are memory-bound on CPU). The prefix cache removes the prefix forward in",

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import transformers
 
-SECTIONS = ["runtime.md", "training.md"]
+SECTIONS = ["runtime.md", "training.md", "merge.md"]
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from ccoe.config import BackboneSpec
 from ccoe.model import CCoEModel
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
+pytest_plugins = ["tests.s3_server"]  # the session-scoped real S3 server fixture `s3_server`
 
 
 def tiny_config(model_type: str = "llama", layers: int = 4, **overrides) -> dict:

@@ -26,7 +26,7 @@ from ccoe.export import export_expert
 from ccoe.model import CCoEModel
 from ccoe.storage import BlobStore
 from tests.conftest import perturb, tiny_spec
-from tests.s3_server import BUCKET, s3_server  # noqa: F401  (session fixture)
+from tests.s3_server import BUCKET
 from tests.test_router import ROUTER_YAML
 
 
