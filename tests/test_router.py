@@ -47,7 +47,10 @@ def test_decisions_explain_themselves(router):
     assert "no domain reached min_score" in router.route("hello there").reason
 
 
-def test_mapping_matrix_and_unloaded_experts(router):
+def test_mapping_matrix_and_unloaded_experts():
+    spec = load_yaml(RouterSpec, ROUTER_YAML)
+    mapping = {**spec.mapping, "code": {"code": 1.0, "sql": 0.3}}  # the code expert also serves SQL, second choice
+    router = RuleRouter(spec.model_copy(update={"mapping": mapping}))
     matrix = router.mapping_matrix()
     assert matrix.shape == (5, 5)
     assert matrix[router.experts.index("code"), router.domains.index("sql")] == pytest.approx(0.3)

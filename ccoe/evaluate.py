@@ -1,0 +1,109 @@
+"""Held-out loss and task metrics per domain, for several routes (backbone, experts) at once.
+
+Loss and multiple-choice scoring share work across routes: the backbone layers below the lowest
+layer of any route run once (`prefix_hidden_states`), each route runs only its own remainder, and the
+LM head runs only at supervised positions. Generation tasks put every (prompt, route) pair into one
+mixed-expert batch, so shared layers run once per decoding step for all routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ccoe.config import DataSpec
+from ccoe.data import IGNORE_INDEX, Example, collate, encode_example
+from ccoe.generation import generate_text
+from ccoe.model import CCoEModel, Route
+
+
+@dataclass(frozen=True)
+class DomainScore:
+    domain: str
+    route: Route
+    loss: float
+    metric: float
+    num_items: int
+
+    def as_dict(self) -> dict:
+        return {"domain": self.domain, "route": self.route or "backbone", "loss": self.loss, "metric": self.metric, "n": self.num_items}
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model: CCoEModel, tokenizer, pairs: Sequence[tuple[str, str]], routes: Sequence[Route], spec: DataSpec, batch_size: int = 8
+) -> dict[Route, tuple[torch.Tensor, torch.Tensor]]:
+    """Per pair and route: (sum of response-token log-probs, number of response tokens), each (N,)."""
+    encoded = [encode_example(Example(p, r), tokenizer, spec) for p, r in pairs]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.lm.parameters()).device
+    sums = {route: torch.zeros(len(pairs)) for route in routes}
+    counts = torch.zeros(len(pairs))
+    split = model.split_layer(list(routes))
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))  # similar lengths batch together
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad).items()}
+        mask, targets = batch["attention_mask"], batch["labels"][:, 1:]
+        supervised = targets != IGNORE_INDEX
+        row_of = torch.arange(len(rows), device=device).unsqueeze(1).expand_as(targets)[supervised]
+        counts[rows] = supervised.sum(dim=1).float().cpu()
+        shared = model.prefix_hidden_states(batch["input_ids"], mask, stop=split)
+        for route in routes:
+            final = model.hidden_from(shared, mask, start=split, expert=route)
+            logprobs = model.head(final[:, :-1][supervised]).float().log_softmax(dim=-1)
+            picked = logprobs.gather(1, targets[supervised].unsqueeze(1)).squeeze(1)
+            per_row = torch.zeros(len(rows), device=device).index_add_(0, row_of, picked)
+            sums[route][rows] = per_row.cpu()
+    return {route: (sums[route], counts) for route in routes}
+
+
+def evaluate_domain(
+    model: CCoEModel,
+    tokenizer,
+    domain,
+    items: Sequence[dict],
+    routes: Sequence[Route],
+    *,
+    spec: DataSpec | None = None,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[Route, DomainScore]:
+    """Loss on the gold responses and the domain's task metric, for every route."""
+    spec = spec or DataSpec(records=[], max_length=768)
+    routes = list(dict.fromkeys(routes))
+    gold = sequence_logprobs(model, tokenizer, [(it["prompt"], it["response"]) for it in items], routes, spec, batch_size)
+    losses = {r: float(-(s.sum() / c.sum())) for r, (s, c) in gold.items()}
+    if domain.task == "choice":
+        pairs, owner = [], []
+        for index, item in enumerate(items):
+            for choice in item["choices"]:
+                pairs.append((item["prompt"], choice))
+                owner.append(index)
+        scored = sequence_logprobs(model, tokenizer, pairs, routes, spec, batch_size)
+        owner_t = torch.tensor(owner)
+        metrics = {}
+        for route, (sums, counts) in scored.items():
+            normalised = sums / counts.clamp(min=1)
+            correct = 0.0
+            for index, item in enumerate(items):
+                chosen = int(normalised[owner_t == index].argmax())
+                correct += domain.score(item, chosen)
+            metrics[route] = correct / len(items)
+    else:
+        prompts = [it["prompt"] for it in items for _ in routes]
+        route_per_row = [r for _ in items for r in routes]
+        outputs = []
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc=f"generate {domain.name}", disable=not progress):
+            outputs += generate_text(model, tokenizer, prompts[start : start + batch_size], route_per_row[start : start + batch_size],
+                                     max_new_tokens=max_new_tokens, use_chat_template=spec.use_chat_template)
+        metrics = {r: 0.0 for r in routes}
+        for k, completion in enumerate(outputs):
+            metrics[completion.expert] += domain.score(items[k // len(routes)], completion.text)
+        metrics = {r: v / len(items) for r, v in metrics.items()}
+    return {r: DomainScore(domain.name, r, losses[r], metrics[r], len(items)) for r in routes}

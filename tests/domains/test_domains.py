@@ -1,0 +1,96 @@
+"""The five domains: deterministic disjoint splits, scorers, the sandbox, and the gate's rules."""
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ccoe.config import RouterSpec, load_yaml
+from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, prepare, router_spec
+from ccoe.domains.base import read_jsonl
+from ccoe.domains.math import final_number
+from ccoe.domains.sandbox import run_python
+from ccoe.domains.sql import database_path, extract_sql, run_readonly
+from ccoe.router import RuleRouter
+from tests.test_router import LABELLED, ROUTER_YAML
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_splits_are_deterministic_and_disjoint(name):
+    domain = DOMAINS[name]
+    first, second = domain.build(), domain.build()
+    assert first == second
+    files = prepare([name])[name]
+    train, held = read_jsonl(files.train), read_jsonl(files.eval)
+    assert train and held
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    assert all(set(r) == {"prompt", "response"} for r in train)
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_scorers_accept_gold_answers(name):
+    domain = DOMAINS[name]
+    items = eval_items(name)[:12]
+    for item in items:
+        output = item["answer"] if domain.task == "choice" else item["response"]
+        assert domain.score(item, output) == 1.0, item["prompt"][-200:]
+
+
+def test_wrong_answers_score_zero():
+    math_item = eval_items("math")[0]
+    assert DOMAINS["math"].score(math_item, f"The answer is {int(math_item['answer']) + 1}.") == 0.0
+    for name in ("law", "medical"):
+        item = eval_items(name)[0]
+        assert DOMAINS[name].score(item, (item["answer"] + 1) % len(item["choices"])) == 0.0
+    sql_item = eval_items("sql")[0]
+    assert DOMAINS["sql"].score(sql_item, "SELECT COUNT(*) FROM artist") == 0.0
+    assert DOMAINS["sql"].score(sql_item, "DROP TABLE artist") == 0.0
+    assert DOMAINS["sql"].score(sql_item, "no query here") == 0.0
+    code_item = eval_items("code")[0]
+    assert DOMAINS["code"].score(code_item, "```python\n" + code_item["code_prompt"] + "    return None\n```") == 0.0
+
+
+def test_final_number_and_sql_extraction():
+    assert final_number("12 + 30 = 42\nThe answer is 1,042.") == "1042"
+    assert final_number("no digits") is None
+    assert extract_sql("Here:\n```sql\nSELECT 1;\n```") == "SELECT 1"
+    assert extract_sql("The query is SELECT name FROM artist; done") == "SELECT name FROM artist"
+
+
+def test_chinook_is_complete_and_read_only():
+    db = database_path()
+    assert run_readonly(db, "SELECT COUNT(*), ROUND(SUM(total), 2) FROM invoice") == [(412, 2328.6)]
+    assert run_readonly(db, "SELECT COUNT(*) FROM track") == [(3503,)]
+    with pytest.raises(Exception, match="readonly|read-only|attempt to write"):
+        run_readonly(db, "DELETE FROM artist")
+    with pytest.raises(Exception, match="interrupted"):
+        run_readonly(db, "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT COUNT(*) FROM r", time_limit_s=0.5)
+
+
+def test_sandbox_kills_infinite_loops_and_confines_writes(tmp_path):
+    assert run_python("print('ok')").passed
+    looping = run_python("while True:\n    pass\n", timeout_s=1.0)
+    assert looping.timed_out and not looping.passed
+    outside = Path("/tmp") / f"ccoe-escape-{uuid.uuid4().hex}"
+    escape = run_python(f"open({str(outside)!r}, 'w').write('x')\n")
+    assert not escape.passed and "sandbox" in escape.output and not outside.exists()
+    assert run_python("open('inside.txt', 'w').write('x')\nassert open('inside.txt').read() == 'x'\n").passed
+    for attempt in ("import socket\nsocket.create_connection(('127.0.0.1', 9))",
+                    "import subprocess\nsubprocess.run(['true'])",
+                    "import os\nos.system('true')",
+                    "import os\nos.remove('/etc/hostname')",
+                    "import ctypes\nctypes.CDLL(None)"):
+        result = run_python(attempt)
+        assert not result.passed and "sandbox" in result.output, attempt
+
+
+def test_router_rules_reach_95_percent_on_labelled_queries():
+    router = RuleRouter(router_spec())
+    labelled = labelled_routing_queries() + [(q, d) for q, d in LABELLED if d is not None]
+    wrong = [(q, want, router.route(q).domain) for q, want in labelled if router.route(q).domain != want]
+    assert len(labelled) >= 40
+    assert 1 - len(wrong) / len(labelled) >= 0.95, wrong
+
+
+def test_shipped_router_config_matches_the_domains():
+    assert load_yaml(RouterSpec, ROUTER_YAML) == router_spec()

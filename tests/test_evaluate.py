@@ -1,0 +1,59 @@
+"""ccoe.evaluate on a tiny backbone with a real tokenizer: shared-prefix scoring equals one route at a time."""
+
+import torch
+
+from ccoe.backbone import load_backbone
+from ccoe.config import BackboneSpec, DataSpec
+from ccoe.data import Example, encode_example
+from ccoe.domains.base import choice_item, score_choice
+from ccoe.domains.math import MathDomain
+from ccoe.evaluate import evaluate_domain, sequence_logprobs
+from ccoe.expert import create_expert
+from ccoe.model import CCoEModel
+from tests.conftest import perturb
+
+SPEC = DataSpec(records=[], use_chat_template=False)
+
+
+class _Choice:
+    name, task = "toy", "choice"
+
+    def score(self, item, output):
+        return score_choice(item, output)
+
+
+def _model(local_backbone_dir):
+    backbone = load_backbone(BackboneSpec(source=str(local_backbone_dir)))
+    model = CCoEModel(backbone)
+    model.push_expert(perturb(create_expert(backbone, "e", "math", [2, 3]), scale=0.3))
+    model.push_expert(perturb(create_expert(backbone, "g", "law", [1]), scale=0.3, seed=4))
+    return model, backbone.tokenizer
+
+
+def test_sequence_logprobs_match_a_plain_forward(local_backbone_dir):
+    model, tok = _model(local_backbone_dir)
+    pairs = [("what is two plus three", "five"), ("the sum of four and five", "nine answer")]
+    scored = sequence_logprobs(model, tok, pairs, [None, "e", "g"], SPEC, batch_size=1)
+    for route, (sums, counts) in scored.items():
+        for k, (p, r) in enumerate(pairs):
+            enc = encode_example(Example(p, r), tok, SPEC)
+            ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor([enc["labels"]])
+            logprobs = model(ids, expert=route).logits[0, :-1].log_softmax(-1)
+            keep = labels[0, 1:] != -100
+            expected = logprobs[keep].gather(1, labels[0, 1:][keep].unsqueeze(1)).sum()
+            torch.testing.assert_close(sums[k], expected, atol=1e-4, rtol=1e-5)
+            assert counts[k] == keep.sum()
+
+
+def test_evaluate_domain_scores_every_route(local_backbone_dir):
+    model, tok = _model(local_backbone_dir)
+    items = [choice_item("what is two plus three", ["four", "five", "six"], 1),
+             choice_item("the sum of four and five", ["nine", "eight"], 0)]
+    scores = evaluate_domain(model, tok, _Choice(), items, [None, "e"], spec=SPEC)
+    assert set(scores) == {None, "e"} and all(0.0 <= s.metric <= 1.0 and s.loss > 0 for s in scores.values())
+    alone = evaluate_domain(model, tok, _Choice(), items, ["e"], spec=SPEC)["e"]
+    assert abs(alone.loss - scores["e"].loss) < 1e-5 and alone.metric == scores["e"].metric
+
+    math_items = [{"prompt": "what is two plus three", "response": "The answer is 5.", "answer": "5"}]
+    generated = evaluate_domain(model, tok, MathDomain(), math_items, [None, "e", "g"], spec=SPEC, max_new_tokens=3)
+    assert {s.route for s in generated.values()} == {None, "e", "g"} and all(s.metric in (0.0, 1.0) for s in generated.values())
