@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench domain-report data clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,13 @@ bench: setup
 	$(PY) benchmarks/bench_runtime.py --out benchmarks/results/runtime.md
 	$(PY) benchmarks/bench_training.py --out benchmarks/results/training.md
 	$(PY) benchmarks/bench_merge.py --out benchmarks/results/merge.md
+	$(PY) benchmarks/collect.py > BENCHMARKS.md
+
+data: setup
+	$(VENV)/bin/ccoe data prepare
+
+domain-report: setup
+	$(PY) benchmarks/domain_report.py --out benchmarks/results/domains.md
 	$(PY) benchmarks/collect.py > BENCHMARKS.md
 
 clean:

@@ -11,6 +11,7 @@ import torch
 import transformers
 
 SECTIONS = ["runtime.md", "training.md", "merge.md"]
+OPTIONAL = {"domains.md": "make domain-report"}  # ~25 min of CPU training: not part of `make bench`
 
 
 def main() -> None:
@@ -30,6 +31,10 @@ def main() -> None:
         if not path.is_file():
             sys.exit(f"missing {path}: run the benchmark that writes it first (make bench)")
         parts.append(path.read_text())
+    for name, command in OPTIONAL.items():
+        path = results / name
+        if path.is_file():
+            parts.append(path.read_text().rstrip() + f"\n\n(Section written by `{command}`.)\n")
     print("\n".join(parts))
 
 

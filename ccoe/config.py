@@ -288,3 +288,12 @@ class RegistrySpec(Spec):
     @classmethod
     def _model_name(cls, value: str) -> str:
         return check_name(value, "registered model name")
+
+
+class EvalSpec(Spec):
+    """How much of each domain's held-out set to score, and generation budgets (CPU demos use subsets)."""
+
+    max_items: dict[str, int] = Field(default_factory=dict, description="per domain; missing = the whole eval split")
+    max_new_tokens: dict[str, int] = Field(default_factory=lambda: {"math": 64, "code": 256, "sql": 96})
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(768, ge=16)
