@@ -154,6 +154,31 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
     return target
 
 
+def load_tokenizer(source: str, revision: str | None = None):
+    """A tokenizer from the offline SmolLM2 package (cached after the first read), a local dir or a hub id."""
+    from transformers import AutoTokenizer
+
+    if source == SMOLLM2_SOURCE:
+        prepared = (cache_root() / "backbones" / SMOLLM2_SOURCE)
+        cached = prepared if (prepared / "tokenizer_config.json").is_file() else cache_root() / "tokenizers" / SMOLLM2_SOURCE
+        if not (cached / "tokenizer_config.json").is_file():
+            gguf = smollm2_gguf_path()
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=_ensure(cached.parent)))
+            tokenizer.save_pretrained(staging)
+            try:
+                staging.rename(cached)
+            except OSError:  # written concurrently
+                shutil.rmtree(staging, ignore_errors=True)
+        source = str(cached)
+    return AutoTokenizer.from_pretrained(source, **({"revision": revision} if revision else {}))
+
+
+def _ensure(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 def _from_config(spec: BackboneSpec) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -195,6 +220,9 @@ def load_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> Bac
         model = _from_config(spec)
         check_architecture(model)
         fingerprint = fingerprint_model(model)
+        tokenizer = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
+        if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+            raise ValueError(f"tokenizer {spec.tokenizer!r} has {len(tokenizer)} tokens but the config's vocab_size is {model.config.vocab_size}")
     else:
         location = spec.source
         if spec.source == SMOLLM2_SOURCE:

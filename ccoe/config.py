@@ -70,6 +70,7 @@ class BackboneSpec(Spec):
     source: str
     revision: str | None = None
     config: dict[str, Any] | None = None
+    tokenizer: str | None = Field(None, description="tokenizer source for `config` backbones (same forms as `source`)")
     seed: int = 0
     dtype: DType = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -82,6 +83,8 @@ class BackboneSpec(Spec):
             raise ValueError("backbone `config` is only used with source 'config'")
         if self.config is not None and "model_type" not in self.config:
             raise ValueError("backbone `config` needs a `model_type` (llama, qwen2 or mistral)")
+        if self.tokenizer and self.source != "config":
+            raise ValueError("backbone `tokenizer` is only used with source 'config' (checkpoints carry their own)")
         return self
 
 
@@ -297,3 +300,66 @@ class EvalSpec(Spec):
     max_new_tokens: dict[str, int] = Field(default_factory=lambda: {"math": 64, "code": 256, "sql": 96})
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(768, ge=16)
+
+
+class GateSpec(Spec):
+    """When a candidate may become champion (on each domain's task metric, higher is better).
+
+    Every retrained domain must beat the reference (champion, or the base backbone when the champion
+    has no expert for it) by at least its margin; no other domain may fall below the champion's score
+    by more than `tolerance`. Untouched experts are the same blobs, so their scores are bit-identical.
+    """
+
+    margin: float = Field(0.0, ge=0, description="required improvement of retrained domains")
+    margins: dict[str, float] = Field(default_factory=dict, description="per-domain override of `margin`")
+    tolerance: float = Field(0.0, ge=0, description="allowed regression of the other domains")
+    strict: bool = Field(True, description="retrained domains must improve strictly (> rather than >=)")
+
+    def margin_for(self, domain: str) -> float:
+        return self.margins.get(domain, self.margin)
+
+
+class ExpertPlan(Spec):
+    """One expert of a pipeline: what to train, on which data, with which overrides of the defaults."""
+
+    expert: ExpertSpec
+    data: DataSpec | None = Field(None, description="default: the domain's prepared training split")
+    training: dict[str, Any] = Field(default_factory=dict, description="overrides of the pipeline's TrainingSpec")
+
+
+class PipelineSpec(Spec):
+    """The whole job: backbone, experts, gate, services. Saved next to every run it drives."""
+
+    name: str = "ccoe"
+    backbone: BackboneSpec
+    experts: list[ExpertPlan]
+    router: RouterSpec | None = Field(None, description="default: the five domains' rules, one expert per domain")
+    gate: GateSpec = Field(default_factory=GateSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    max_length: int = Field(384, ge=16)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    registry: RegistrySpec = Field(default_factory=RegistrySpec)
+    storage: StorageSpec = Field(default_factory=lambda: StorageSpec(uri="out/blobs"))
+    work_dir: str = "out/pipeline"
+    slots: int = Field(1, ge=1, description="expert jobs running at once (one per GPU in production)")
+    retries: int = Field(1, ge=0)
+    deployment: str | None = Field(None, description="run each expert job as a run of this deployment (production)")
+    skip_unchanged: bool = Field(True, description="skip experts whose data fingerprint equals the champion's")
+
+    @model_validator(mode="after")
+    def _unique_experts(self) -> "PipelineSpec":
+        names = [p.expert.name for p in self.experts]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"expert names must be unique; repeated: {repeated}")
+        return self
+
+    def job(self, plan: ExpertPlan, data: DataSpec) -> ExpertJobSpec:
+        """The training job of one expert: the pipeline's defaults with the plan's overrides."""
+        training = self.training.model_copy(update=plan.training) if plan.training else self.training
+        TrainingSpec.model_validate(training.model_dump())  # overrides are validated like the defaults
+        return ExpertJobSpec(
+            backbone=self.backbone, expert=plan.expert, data=data, training=training, tracking=self.tracking,
+            output_dir=str(Path(self.work_dir) / "experts"),
+        )

@@ -252,6 +252,21 @@ def tag_version(spec: RegistrySpec, version: int, tags: Mapping[str, str]) -> No
         mlc.set_model_version_tag(spec.model_name, str(version), key, value)
 
 
+def log_run(spec: RegistrySpec, run_name: str, *, params: Mapping[str, str] | None = None,
+            metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None, files: Sequence[Path] = ()) -> str:
+    """One MLflow run in the registry's experiment (used for evaluations); returns its id."""
+    mlc = client(spec)
+    run = mlc.create_run(_experiment_id(spec, mlc), run_name=run_name, tags=dict(tags or {}))
+    for key, value in (params or {}).items():
+        mlc.log_param(run.info.run_id, key, value)
+    for key, value in (metrics or {}).items():
+        mlc.log_metric(run.info.run_id, key, float(value))
+    for path in files:
+        mlc.log_artifact(run.info.run_id, str(path))
+    mlc.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
 # -- serving ------------------------------------------------------------------------------------------
 
 

@@ -138,12 +138,13 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Expe
     )
 
 
-def train_expert(job: ExpertJobSpec, resume_from: str | None = None) -> ExpertTrainResult:
+def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: bool = False) -> ExpertTrainResult:
     """Train one expert and return its blob reference, MLflow run id and metrics.
 
-    Single-process jobs run here; multi-process jobs run as a subprocess (see the module docstring).
+    Single-process jobs run here unless `isolated` (then in a child process, so a crash or an OOM stays
+    there and torch threads do not fight); multi-process jobs always run as a subprocess.
     """
-    if not _needs_launcher(job):
+    if not (isolated or _needs_launcher(job)):
         return train_in_process(job, resume_from)
     with tempfile.TemporaryDirectory(prefix="ccoe-train-") as tmp:
         config, result = Path(tmp) / "job.yaml", Path(tmp) / "result.json"
@@ -151,7 +152,9 @@ def train_expert(job: ExpertJobSpec, resume_from: str | None = None) -> ExpertTr
         command = [sys.executable, "-m", "lightning_modules.train", "--config", str(config), "--result", str(result)]
         if resume_from:
             command += ["--resume-from", resume_from]
-        subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent.parent, env={**os.environ})
+        done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env={**os.environ}, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"training job for expert {job.expert.name!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         return ExpertTrainResult(**json.loads(result.read_text()))
 
 

@@ -1,0 +1,188 @@
+"""The pipeline's steps as plain functions (the Prefect flows only wire them together).
+
+1. `plan_jobs`: one training job per expert; a job whose data fingerprint equals the champion's entry
+   for that expert is skipped (scheduled continual updates retrain only what changed).
+2. training happens in `lightning_modules` (one process per job);
+3. `merge_results`: pop-and-push the trained experts into the registry -> `candidate`;
+4. `evaluate_candidate`: base, champion and candidate on every domain (loss, task metric, router
+   accuracy), all routes of a domain in one shared-prefix pass;
+5. `apply_decision`: the gate's decision goes to the version's tags; `champion` moves only on success,
+   a refused candidate is tagged `rejected`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccoe.artifact import ExpertBlob, Manifest, bare_manifest, blob_store_for, fetch_blob
+from ccoe.backbone import load_backbone
+from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec
+from ccoe.data import data_fingerprint, load_records, to_examples
+from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
+from ccoe.evaluate import DomainScore, evaluate_domain
+from ccoe.expert import expert_from_bytes
+from ccoe.gate import GateDecision, decide, score_rows
+from ccoe.model import CCoEModel
+from ccoe.router import RuleRouter
+from ccoe.storage import BlobStore
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    plan: ExpertPlan
+    job: ExpertJobSpec | None
+    data_fingerprint: str | None
+    skip_reason: str | None = None
+    error: str | None = None
+
+
+def data_for(spec: PipelineSpec, plan: ExpertPlan) -> DataSpec:
+    if plan.data is not None:
+        return plan.data
+    if plan.expert.domain not in DOMAINS:
+        raise ValueError(f"expert {plan.expert.name!r} has no `data` and {plan.expert.domain!r} is not a built-in domain {sorted(DOMAINS)}")
+    return train_data_spec(plan.expert.domain, max_length=spec.max_length, val_fraction=0.05)
+
+
+def plan_jobs(spec: PipelineSpec, champion: Manifest | None, only: list[str] | None = None) -> list[PlannedJob]:
+    """Jobs for the experts named in `only` (default: all), with skip decisions for unchanged data.
+
+    An expert whose data cannot be read gets `error` instead of a job, so it fails alone.
+    """
+    planned = []
+    for plan in spec.experts:
+        if only is not None and plan.expert.name not in only:
+            continue
+        data = data_for(spec, plan)
+        try:
+            fingerprint = data_fingerprint(to_examples(load_records(data), data))
+        except (ValueError, FileNotFoundError, KeyError) as err:  # this expert fails; the others go on
+            planned.append(PlannedJob(plan, None, None, error=f"{type(err).__name__}: {err}"))
+            continue
+        entry = champion.experts.get(plan.expert.name) if champion is not None else None
+        skip = None
+        if spec.skip_unchanged and entry is not None and entry.data_fingerprint == fingerprint:
+            skip = f"data unchanged since the champion (fingerprint {fingerprint[:12]}…): not retrained"
+        planned.append(PlannedJob(plan, spec.job(plan, data), fingerprint, skip))
+    unknown = sorted(set(only or []) - {p.plan.expert.name for p in planned})
+    if unknown:
+        raise KeyError(f"unknown experts {unknown}; the pipeline defines {[p.expert.name for p in spec.experts]}")
+    return planned
+
+
+def pipeline_router(spec: PipelineSpec) -> RouterSpec:
+    if spec.router is not None:
+        return spec.router
+    names = {p.expert.domain: p.expert.name for p in spec.experts}
+    return router_spec(mapping={name: {domain: 1.0} for domain, name in names.items() if domain in DOMAINS})
+
+
+def merge_results(spec: PipelineSpec, results: list[dict], pops: list[str] = ()):
+    """Push trained experts (results of `train_expert`, as dicts) into the registry as `candidate`."""
+    from ccoe import registry
+
+    backbone = load_backbone(spec.backbone)
+    blobs = [ExpertBlob.from_file(r["blob_path"], run_id=r["run_id"], data_fingerprint=r["data_fingerprint"],
+                                  metrics={k: v for k, v in r["metrics"].items() if isinstance(v, float)}) for r in results]
+    return registry.merge_and_register(
+        spec.registry, BlobStore(spec.storage), bare=bare_manifest(backbone, storage=spec.storage),
+        blobs=blobs, pops=pops, router=pipeline_router(spec),
+    )
+
+
+def _expert_for(manifest: Manifest | None, domain: str) -> str | None:
+    if manifest is None:
+        return None
+    names = sorted(n for n, e in manifest.experts.items() if e.domain == domain)
+    return names[0] if names else None
+
+
+@dataclass
+class Evaluation:
+    version: int
+    champion_version: int | None
+    scores: dict[str, dict[str, DomainScore | None]]
+    router_accuracy: float
+    retrained: list[str]
+    decision: GateDecision | None = None
+    rows: list[dict] = field(default_factory=list)
+
+
+def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], progress: bool = False) -> Evaluation:
+    """Scores of base, champion and candidate per domain; experts shared by both are scored once."""
+    from ccoe import registry
+
+    candidate = registry.get_version(spec.registry, version)
+    champion = registry.get_version(spec.registry, "champion")
+    manifests = {"candidate": candidate.manifest, "champion": champion.manifest if champion else None}
+    backbone = load_backbone(candidate.manifest.backbone.spec)
+    model, routes_by_sha = CCoEModel(backbone), {}
+    for manifest in filter(None, manifests.values()):
+        store = blob_store_for(manifest, None)
+        for entry in manifest.experts.values():
+            if entry.sha256 not in routes_by_sha:
+                expert = expert_from_bytes(fetch_blob(store, entry), backbone, sha256=entry.sha256)
+                expert.name = routes_by_sha[entry.sha256] = f"e{entry.sha256[:16]}"
+                model.push_expert(expert)
+    domains = sorted({e.domain for m in filter(None, manifests.values()) for e in m.experts.values()} & set(DOMAINS))
+    scores = {}
+    for domain in domains:
+        route = {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, domain)) else None) for label, m in manifests.items()}
+        items = eval_items(domain)[: spec.eval.max_items.get(domain)]
+        result = evaluate_domain(
+            model, backbone.tokenizer, DOMAINS[domain], items, [None, route["champion"], route["candidate"]],
+            spec=DataSpec(records=[], max_length=spec.eval.max_length), batch_size=spec.eval.batch_size,
+            max_new_tokens=spec.eval.max_new_tokens.get(domain, 128), progress=progress,
+        )
+        scores[domain] = {
+            "base": result[None],
+            "champion": result[route["champion"]] if champion is not None else None,
+            "candidate": result[route["candidate"]],
+        }
+    router = RuleRouter(candidate.manifest.router or pipeline_router(spec))
+    labelled = labelled_routing_queries()
+    accuracy = sum(router.route(q).domain == d for q, d in labelled) / len(labelled)
+    evaluation = Evaluation(version, champion.version if champion else None, scores, accuracy, sorted(retrained))
+    evaluation.rows = score_rows(scores)
+    return evaluation
+
+
+def gate(spec: PipelineSpec, evaluation: Evaluation) -> GateDecision:
+    retrained_domains = {p.expert.domain for p in spec.experts if p.expert.name in evaluation.retrained}
+    evaluation.decision = decide(spec.gate, evaluation.scores, retrained_domains)
+    return evaluation.decision
+
+
+def apply_decision(spec: PipelineSpec, evaluation: Evaluation, run_id: str | None) -> None:
+    """Record the decision on the version; promote to `champion` or mark the candidate `rejected`."""
+    from ccoe import registry
+
+    decision = evaluation.decision
+    tags = {"ccoe.gate": "promoted" if decision.promote else "rejected", "ccoe.gate.reasons": decision.summary()[:4900]}
+    if run_id:
+        tags["ccoe.evaluation_run"] = run_id
+    if not decision.promote:
+        tags[registry.STATUS_TAG] = "rejected"
+    registry.tag_version(spec.registry, evaluation.version, tags)
+    if decision.promote:
+        registry.set_alias(spec.registry, "champion", evaluation.version)
+
+
+def markdown_report(evaluation: Evaluation) -> str:
+    lines = [f"## Gate decision for version {evaluation.version}: {'PROMOTED to champion' if evaluation.decision.promote else 'REJECTED'}", "",
+             f"Champion before: {evaluation.champion_version or 'none (base backbone)'}; retrained: {', '.join(evaluation.retrained) or 'nothing'};"
+             f" router accuracy on labelled queries: {evaluation.router_accuracy:.1%}", "",
+             "| domain | base | champion | candidate | candidate loss |", "|---|---|---|---|---|"]
+    for r in evaluation.rows:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"
+        lines.append(f"| {r['domain']} | {fmt(r['base_metric'])} | {fmt(r['champion_metric'])} | {fmt(r['candidate_metric'])} | {fmt(r['candidate_loss'])} |")
+    lines += ["", *[f"- {reason}" for reason in evaluation.decision.reasons]]
+    return "\n".join(lines)
+
+
+def write_spec(spec: PipelineSpec, folder: str | Path) -> Path:
+    path = Path(folder) / "pipeline.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec.to_yaml(path)
+    return path

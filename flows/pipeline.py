@@ -1,0 +1,112 @@
+"""Prefect: the pipeline (train -> merge -> evaluate) and `retrain-expert` (the same for one expert).
+
+    python -m flows.pipeline --config configs/demo.yaml          # `make demo`
+    python -m flows.pipeline --config configs/demo.yaml --only law
+
+With no Prefect server configured, flows run on Prefect's ephemeral local API; MLflow uses the sqlite
+file and artifact folder of the config; blobs go to the configured folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from ccoe import registry
+from ccoe.config import DataSpec, PipelineSpec, load_yaml
+from ccoe.pipeline import plan_jobs, write_spec
+from flows.evaluate import evaluate
+from flows.merge import merge
+from flows.train import with_slots
+
+
+def run_pipeline(spec: PipelineSpec, only: list[str] | None = None) -> dict:
+    """Train what changed, merge it into the registry, evaluate and gate. Call inside a flow."""
+    logger = get_run_logger()
+    champion = registry.get_version(spec.registry, "champion")
+    planned = plan_jobs(spec, champion.manifest if champion else None, only)
+    skipped = {p.plan.expert.name: p.skip_reason for p in planned if p.skip_reason}
+    unreadable = {p.plan.expert.name: p.error for p in planned if p.error}
+    for name, reason in {**skipped, **unreadable}.items():
+        logger.info("expert %s: %s", name, reason)
+    jobs = [p.job for p in planned if p.job is not None and not p.skip_reason]
+    if not jobs and unreadable:
+        raise RuntimeError(f"no expert could be trained: {unreadable}")
+    if not jobs:
+        logger.info("nothing to retrain: every expert's data is unchanged since champion version %s", champion.version if champion else None)
+        return {"trained": [], "skipped": skipped, "failures": {}, "version": None, "promote": None}
+    write_spec(spec, spec.work_dir)
+    trained = with_slots(spec)(spec, jobs)
+    trained["failures"].update(unreadable)
+    if not trained["results"]:
+        raise RuntimeError(f"every expert job failed: {trained['failures']}")
+    merged = merge(spec, trained["results"])
+    evaluated = evaluate(spec, merged["version"], [r["expert"] for r in trained["results"]], [r["run_id"] for r in trained["results"]])
+    return {"trained": [r["expert"] for r in trained["results"]], "skipped": skipped, "failures": trained["failures"],
+            "version": merged["version"], "promote": evaluated["promote"], "report": evaluated["report"],
+            "evaluation_run_id": evaluated["evaluation_run_id"], "train_run_ids": [r["run_id"] for r in trained["results"]]}
+
+
+@flow(name="pipeline")
+def pipeline(config: str = "configs/demo.yaml", only: list[str] | None = None) -> dict:
+    """Continual update: retrain experts whose data changed, merge, evaluate, promote if earned."""
+    return run_pipeline(load_yaml(PipelineSpec, config), only)
+
+
+class TrainingOverrides(BaseModel):
+    """Hyper-parameters a user may change when retraining from the UI (empty = the config's value)."""
+
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    warmup_steps: int | None = Field(None, ge=0)
+
+
+@flow(name="retrain-expert")
+def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: str | None = None,
+                   overrides: TrainingOverrides | None = None) -> dict:
+    """Retrain one expert (optionally on new data, with overrides), merge, evaluate, gate."""
+    spec = load_yaml(PipelineSpec, config)
+    names = [p.expert.name for p in spec.experts]
+    if expert not in names:
+        raise ValueError(f"unknown expert {expert!r}; {config} defines {names}")
+    changes = {k: v for k, v in (overrides or TrainingOverrides()).model_dump().items() if v is not None}
+    plans = []
+    for plan in spec.experts:
+        if plan.expert.name == expert:
+            update = {"training": {**plan.training, **changes}}
+            if data_source:
+                update["data"] = DataSpec(source=data_source, max_length=spec.max_length, val_fraction=0.05)
+            plan = plan.model_copy(update=update)
+        plans.append(plan)
+    return run_pipeline(spec.model_copy(update={"experts": plans, "skip_unchanged": False}), only=[expert])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run the CCoE pipeline (train -> merge -> evaluate -> gate)")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--only", nargs="*", help="experts to consider (default: all)")
+    args = p.parse_args(argv)
+    spec = load_yaml(PipelineSpec, args.config)
+    started = time.perf_counter()
+    summary = pipeline(args.config, args.only)
+    minutes = (time.perf_counter() - started) / 60
+    print()
+    print(summary.get("report") or f"Nothing retrained: {summary['skipped']}")
+    if summary.get("failures"):
+        print(f"\nFailed experts: {summary['failures']}")
+    tracking = Path(spec.tracking.root).resolve()
+    print(f"\nPipeline finished in {minutes:.1f} min. Look at what it did:")
+    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{tracking}/mlflow.db --host 127.0.0.1 --port 5001")
+    print("  Prefect: .venv/bin/prefect server start --host 127.0.0.1   (then open http://127.0.0.1:4200)")
+    print(f"  Model:   .venv/bin/ccoe info --artifact models:/{spec.registry.model_name}@champion --tracking-uri sqlite:///{Path(spec.registry.root).resolve()}/mlflow.db")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

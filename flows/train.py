@@ -1,0 +1,65 @@
+"""Prefect: fan out one training job per expert (thin shell over `lightning_modules.train`).
+
+Locally each job is a task running the job in its own process; in production (`PipelineSpec.deployment`)
+each job is a run of the `train-expert` deployment on a work pool, so every expert is its own flow run
+on its own GPU node. A failed expert does not stop the others: it is reported with its error.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.deployments import run_deployment
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from ccoe.config import ExpertJobSpec, PipelineSpec
+from lightning_modules.train import train_expert
+
+
+@task(task_run_name="train-{job.expert.name}")
+def train_job(job: ExpertJobSpec) -> dict:
+    """One expert, trained in a child process; returns the result as a dict."""
+    from dataclasses import asdict
+
+    return asdict(train_expert(job, isolated=True))
+
+
+@task(task_run_name="train-{job.expert.name}-on-{deployment}")
+def train_job_remote(job: ExpertJobSpec, deployment: str) -> dict:
+    run = run_deployment(deployment, parameters={"job": job.model_dump(mode="json")}, timeout=None)
+    if not run.state.is_completed():
+        raise RuntimeError(f"deployment run {run.name} for expert {job.expert.name!r} ended {run.state.type.value}: {run.state.message}")
+    return run.state.result()
+
+
+@flow(name="train-expert", persist_result=True)
+def train_expert_flow(job: ExpertJobSpec) -> dict:
+    """The `train-expert` deployment: one expert job in this flow run's process."""
+    from dataclasses import asdict
+
+    return asdict(train_expert(job))
+
+
+@flow(name="train-experts")
+def train_experts(spec: PipelineSpec, jobs: list[ExpertJobSpec]) -> dict:
+    """Train `jobs` concurrently (up to `spec.slots`); returns {"results": [...], "failures": {name: error}}."""
+    logger = get_run_logger()
+    if spec.deployment:
+        futures = {j.expert.name: train_job_remote.with_options(retries=spec.retries).submit(j, spec.deployment) for j in jobs}
+    else:
+        futures = {j.expert.name: train_job.with_options(retries=spec.retries, retry_delay_seconds=2).submit(j) for j in jobs}
+    wait(list(futures.values()))
+    results, failures = [], {}
+    for name, future in futures.items():
+        if future.state.is_completed():
+            results.append(future.result())
+            logger.info("expert %s trained: %s", name, results[-1]["blob_path"])
+        else:
+            failures[name] = str(future.state.message or future.state.type.value)[-1500:]
+            logger.error("expert %s failed: %s", name, failures[name])
+    return {"results": results, "failures": failures}
+
+
+def with_slots(spec: PipelineSpec):
+    """`train_experts` with a thread pool of `spec.slots` workers (the slots are processes' parents)."""
+    return train_experts.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.slots))

@@ -1,0 +1,67 @@
+"""The tiny pipeline end to end under Prefect's test harness with a temporary sqlite MLflow."""
+
+import mlflow
+import pytest
+import yaml
+
+from ccoe import registry
+from ccoe.config import PipelineSpec, load_yaml
+from flows.pipeline import TrainingOverrides, pipeline, retrain_expert
+from tests.flows.conftest import tiny_config
+
+
+@pytest.fixture
+def config(tmp_path, prefect_harness):
+    return tiny_config(tmp_path)
+
+
+def test_pipeline_trains_merges_evaluates_and_promotes_then_skips_unchanged_data(config):
+    spec = load_yaml(PipelineSpec, config)
+    summary = pipeline(str(config))
+    assert sorted(summary["trained"]) == ["law", "math", "sql"] and summary["failures"] == {}
+    assert summary["version"] == 1 and summary["promote"] is True
+    assert registry.get_alias_version(spec.registry, "candidate") == 1 == registry.get_alias_version(spec.registry, "champion")
+    version = registry.client(spec.registry).get_model_version(spec.registry.model_name, "1")
+    assert version.tags["ccoe.gate"] == "promoted" and version.tags["ccoe.experts"] == "law,math,sql"
+    assert version.tags["ccoe.evaluation_run"] == summary["evaluation_run_id"]
+
+    client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri(spec.registry))
+    evaluation = client.get_run(summary["evaluation_run_id"])
+    assert evaluation.data.tags["ccoe.decision"] == "promoted"
+    assert set(evaluation.data.tags["ccoe.train_runs"].split(",")) == set(summary["train_run_ids"])
+    assert {"math/base", "math/candidate", "sql/candidate", "law/candidate", "router_accuracy"} <= set(evaluation.data.metrics)
+    assert {a.path for a in client.list_artifacts(summary["evaluation_run_id"])} == {"gate.png", "scores.json"}
+    for run_id in summary["train_run_ids"]:
+        assert client.get_run(run_id).info.status == "FINISHED"
+
+    again = pipeline(str(config))
+    assert again["trained"] == [] and again["version"] is None
+    assert all("data unchanged since the champion" in reason for reason in again["skipped"].values())
+
+
+def test_a_bad_expert_is_rejected_and_the_champion_stays(config, tmp_path):
+    spec = load_yaml(PipelineSpec, config)
+    assert pipeline(str(config))["promote"] is True
+    strict = tmp_path / "strict.yaml"
+    data = yaml.safe_load(config.read_text())
+    data["gate"] = {"margin": 0.0, "strict": True}  # a retrained domain must beat the champion strictly
+    strict.write_text(yaml.safe_dump(data))
+    summary = retrain_expert("math", config=str(strict), overrides=TrainingOverrides(learning_rate=50.0, max_steps=2))
+    assert summary["version"] == 2 and summary["promote"] is False
+    assert registry.get_alias_version(spec.registry, "champion") == 1
+    tags = registry.client(spec.registry).get_model_version(spec.registry.model_name, "2").tags
+    assert tags["ccoe.gate"] == "rejected" and tags["ccoe.status"] == "rejected" and "math" in tags["ccoe.gate.reasons"]
+    assert registry.valid_versions(spec.registry) == [1]
+
+
+def test_one_failing_expert_does_not_stop_the_others(tmp_path, prefect_harness):
+    data = yaml.safe_load(tiny_config(tmp_path).read_text())
+    data["experts"][1]["data"] = {"records": [{"prompt": "one", "response": "example"}]}  # sql's job dies: no full batch
+    data["experts"][2]["data"] = {"records": [{"prompt": "only a prompt"}] * 4}  # law's data has no `response`
+    config = tmp_path / "broken.yaml"
+    config.write_text(yaml.safe_dump(data))
+    summary = pipeline(str(config))
+    assert summary["trained"] == ["math"] and summary["version"] == 1
+    assert sorted(summary["failures"]) == ["law", "sql"]
+    assert "cannot fill one batch" in summary["failures"]["sql"]
+    assert "missing required field 'response'" in summary["failures"]["law"]
