@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ccoe.backbone import load_backbone  # noqa: E402
-from ccoe.config import CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingSpec, load_yaml  # noqa: E402
+from ccoe.config import CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingSpec  # noqa: E402
 from ccoe.domains import DOMAINS, eval_items, train_data_spec  # noqa: E402
 from ccoe.evaluate import evaluate_domain  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402

@@ -142,7 +142,7 @@ def _register(spec: RegistrySpec, manifest: Manifest, tags: dict[str, str]) -> i
                 pip_requirements=["ccoe"],
             )
             _ensure_registered_model(mlc, spec.model_name)
-            mv = mlc.create_model_version(spec.model_name, info.model_uri, run_id=run.info.run_id, tags=tags)
+            mv = mlc.create_model_version(spec.model_name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id)
     return int(mv.version)
 
 
