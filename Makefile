@@ -10,8 +10,9 @@ export MLFLOW_DISABLE_TELEMETRY = true
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo bench domain-report data clean
+.PHONY: setup test test-fast demo demo-runtime bench domain-report data clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,9 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
+	$(PY) -m flows.pipeline --config configs/demo.yaml
+
+demo-runtime: setup
 	$(PY) -m ccoe.demo
 
 bench: setup

@@ -54,7 +54,7 @@ def describe(model, manifest=None) -> dict:
     }
 
 
-def _print_info(info: dict) -> None:
+def print_info(info: dict) -> None:
     b = info["backbone"]
     mib = 1 << 20
     print(f"backbone   {b['source']} ({b['architecture']}, {b['layers']} layers, hidden {b['hidden_size']}, {b['dtype']})")
@@ -100,7 +100,10 @@ def load_any(artifact: str, tracking_uri: str | None = None):
 def _cmd_info(args) -> int:
     model, _, manifest = load_any(args.artifact, args.tracking_uri)
     info = describe(model, manifest)
-    print(json.dumps(info, indent=2)) if args.json else _print_info(info)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_info(info)
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ccoe.artifact import load_artifact, save_artifact
-from ccoe.cli import _print_info, build_model, describe
+from ccoe.cli import build_model, describe, print_info
 from ccoe.config import CCoESpec, RouterSpec, load_yaml
 from ccoe.expert import expert_from_spec
 from ccoe.generation import generate_text
@@ -45,7 +45,7 @@ def run(config: Path, router_path: Path, out: Path, max_new_tokens: int) -> None
     model = build_model(spec)
     tokenizer = model.backbone.tokenizer
     print(f"== loaded {spec.backbone.source} + {len(model.experts)} experts in {time.perf_counter() - t0:.1f} s\n")
-    _print_info(describe(model))
+    print_info(describe(model))
 
     print("\n== routing (rule-based gate + expert-domain mapping matrix)")
     router = RuleRouter(router_spec)

@@ -11,7 +11,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 import yaml
 
 from ccoe import registry
