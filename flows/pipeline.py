@@ -100,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.get("report") or f"Nothing retrained: {summary['skipped']}")
     if summary.get("failures"):
         print(f"\nFailed experts: {summary['failures']}")
-    tracking = Path(spec.tracking.root).resolve()
+    tracking = spec.tracking.tracking_uri or f"sqlite:///{Path(spec.tracking.root).resolve()}/mlflow.db"
     print(f"\nPipeline finished in {minutes:.1f} min. Look at what it did:")
-    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{tracking}/mlflow.db --host 127.0.0.1 --port 5001")
+    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking} --host 127.0.0.1 --port 5001")
     print("  Prefect: .venv/bin/prefect server start --host 127.0.0.1   (then open http://127.0.0.1:4200)")
-    print(f"  Model:   .venv/bin/ccoe info --artifact models:/{spec.registry.model_name}@champion --tracking-uri sqlite:///{Path(spec.registry.root).resolve()}/mlflow.db")
+    alias = "champion" if summary.get("promote") else "candidate"
+    registry_uri = spec.registry.tracking_uri or f"sqlite:///{Path(spec.registry.root).resolve()}/mlflow.db"
+    print(f"  Model:   .venv/bin/ccoe info --artifact models:/{spec.registry.model_name}@{alias} --tracking-uri {registry_uri}")
     return 0
 
 
