@@ -71,8 +71,10 @@ def bar_chart(rows: list[dict], path: str | Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2, 3.6))
     width = 0.27
     for k, (label, color) in enumerate((("base", "#9e9e9e"), ("champion", "#4c72b0"), ("candidate", "#dd8452"))):
-        values = [r[f"{label}_metric"] or 0.0 for r in rows]
-        bars = ax.bar([i + (k - 1) * width for i in range(len(labels))], values, width, label=label, color=color)
+        present = [(i, r[f"{label}_metric"]) for i, r in enumerate(rows) if r[f"{label}_metric"] is not None]
+        if not present:  # e.g. no champion yet: no bars rather than misleading zeros
+            continue
+        bars = ax.bar([i + (k - 1) * width for i, _ in present], [v for _, v in present], width, label=label, color=color)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("task metric")
