@@ -243,6 +243,22 @@ class TrainingSpec(Spec):
     seed: int = 0
 
 
+def mlflow_store_uri(tracking_uri: str | None, root: str) -> str:
+    """The configured tracking URI, else a sqlite file under `root` (created on demand)."""
+    if tracking_uri:
+        return tracking_uri
+    folder = Path(root).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+def mlflow_artifact_root(tracking_uri: str | None, artifact_location: str | None, root: str) -> str | None:
+    """The configured artifact location; for the embedded sqlite store `<root>/artifacts`; a server decides otherwise."""
+    if artifact_location:
+        return artifact_location
+    return None if tracking_uri else (Path(root).resolve() / "artifacts").as_uri()
+
+
 class TrackingSpec(Spec):
     """Where MLflow runs go. Default: a local sqlite file and a local artifact folder under `root`."""
 

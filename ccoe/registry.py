@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from ccoe.artifact import (
     MANIFEST_NAME, ExpertBlob, ExpertEntry, Manifest, blob_store_for, merge, model_from_manifest, stage_blobs, verify_present,
 )
-from ccoe.config import RegistrySpec, RouterSpec, check_name
+from ccoe.config import RegistrySpec, RouterSpec, check_name, mlflow_artifact_root, mlflow_store_uri
 from ccoe.generation import generate_text
 from ccoe.storage import BlobStore
 
@@ -41,11 +41,7 @@ RETIRED = ("superseded", "rejected")
 
 
 def tracking_uri(spec: RegistrySpec) -> str:
-    if spec.tracking_uri:
-        return spec.tracking_uri
-    root = Path(spec.root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root}/mlflow.db"
+    return mlflow_store_uri(spec.tracking_uri, spec.root)
 
 
 def client(spec: RegistrySpec) -> MlflowClient:
@@ -56,7 +52,7 @@ def _experiment_id(spec: RegistrySpec, mlc: MlflowClient) -> str:
     experiment = mlc.get_experiment_by_name(spec.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    location = spec.artifact_location or (None if spec.tracking_uri else (Path(spec.root).resolve() / "artifacts").as_uri())
+    location = mlflow_artifact_root(spec.tracking_uri, spec.artifact_location, spec.root)
     try:
         return mlc.create_experiment(spec.experiment, artifact_location=location)
     except MlflowException:  # created concurrently

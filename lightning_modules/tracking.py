@@ -12,23 +12,7 @@ from pathlib import Path
 
 from pytorch_lightning.loggers import MLFlowLogger
 
-from ccoe.config import ExpertJobSpec, TrackingSpec
-
-
-def tracking_uri(spec: TrackingSpec) -> str:
-    if spec.tracking_uri:
-        return spec.tracking_uri
-    root = Path(spec.root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{root}/mlflow.db"
-
-
-def artifact_location(spec: TrackingSpec) -> str | None:
-    if spec.artifact_location:
-        return spec.artifact_location
-    if spec.tracking_uri:
-        return None  # the server decides
-    return (Path(spec.root).resolve() / "artifacts").as_uri()
+from ccoe.config import ExpertJobSpec, mlflow_artifact_root, mlflow_store_uri
 
 
 def job_params(job: ExpertJobSpec) -> dict:
@@ -43,8 +27,8 @@ def make_logger(job: ExpertJobSpec, tags: dict[str, str]) -> MLFlowLogger:
     return MLFlowLogger(
         experiment_name=job.tracking.experiment,
         run_name=f"expert-{job.expert.name}",
-        tracking_uri=tracking_uri(job.tracking),
-        artifact_location=artifact_location(job.tracking),
+        tracking_uri=mlflow_store_uri(job.tracking.tracking_uri, job.tracking.root),
+        artifact_location=mlflow_artifact_root(job.tracking.tracking_uri, job.tracking.artifact_location, job.tracking.root),
         tags=tags,
         log_model=False,
     )

@@ -3,11 +3,7 @@ the pyfunc (in process and behind a real `mlflow models serve`), and export."""
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
@@ -26,6 +22,7 @@ from ccoe.export import export_expert
 from ccoe.model import CCoEModel
 from ccoe.storage import BlobStore
 from tests.conftest import perturb, tiny_spec
+from tests.processes import free_port, start, stop, wait_http
 from tests.s3_server import BUCKET
 from tests.test_router import ROUTER_YAML
 
@@ -183,48 +180,28 @@ def test_pyfunc_answers_with_expert_and_reason(backbone, reg, tmp_path):
     assert all(isinstance(t, str) for t in out["text"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_requests(backbone, reg, tmp_path):
     store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
     registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, "math", "math", [3])],
                                 router=load_yaml(RouterSpec, ROUTER_YAML))
     registry.set_alias(reg, "champion", 1)
-    port = _free_port()
+    port = free_port()
     uri = registry.tracking_uri(reg)
     path = f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"  # `mlflow models serve` execs uvicorn
     env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri}
-    mlflow_cli = [sys.executable, "-m", "mlflow"]
-    log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen(
-        [*mlflow_cli, "models", "serve", "-m", f"models:/{reg.model_name}@champion", "--env-manager", "local",
+    server = start(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{reg.model_name}@champion", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env, tmp_path / "serve.log",
     )
     try:
+        wait_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "serve.log")
         body = json.dumps({"dataframe_records": [{"prompt": "what is the sum of two and three", "max_new_tokens": 3}]}).encode()
-        deadline, reply = time.monotonic() + 120, None
-        while reply is None:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
-                reply = json.loads(urllib.request.urlopen(request, timeout=30).read())
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(1)
-        row = reply["predictions"][0]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"})
+        row = json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"][0]
         assert row["expert"] == "math" and "domain 'math'" in row["reason"] and isinstance(row["text"], str)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        stop(server)
 
 
 def test_export_loads_in_transformers_with_equal_logits(backbone, tmp_path, capsys):

@@ -2,12 +2,9 @@
 "Run" path), and an MLflow tracking server with S3 (SeaweedFS) artifacts and blobs."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,42 +13,10 @@ import yaml
 from ccoe import registry
 from ccoe.config import PipelineSpec, load_yaml
 from tests.flows.conftest import tiny_config
+from tests.processes import free_port, start, stop, wait_http
 from tests.s3_server import ACCESS_KEY, BUCKET, SECRET_KEY, _client
 
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(command, env, log: Path) -> subprocess.Popen:
-    handle = open(log, "wb")
-    return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"{url} did not answer:\n{log.read_text()[-3000:]}"
-            time.sleep(1)
 
 
 def test_retrain_expert_triggered_like_the_ui_runs_on_a_worker(tmp_path):
@@ -59,21 +24,21 @@ def test_retrain_expert_triggered_like_the_ui_runs_on_a_worker(tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     config = tiny_config(tmp_path)
-    port = _port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true"}
-    server = _start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "server.log")
+    server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, tmp_path / "server.log")
     worker = None
     try:
-        _wait_http(f"{api}/health", server, tmp_path / "server.log")
+        wait_http(f"{api}/health", server, tmp_path / "server.log")
         subprocess.run([str(BIN / "prefect"), "work-pool", "create", "ccoe-test", "--type", "process"], env=env, check=True, capture_output=True)
         with temporary_settings({PREFECT_API_URL: api}):
             from flows.deploy import deploy_to_pool
 
             ids = deploy_to_pool("ccoe-test", str(config), cron=None)
             assert set(ids) == {"train-expert", "retrain-expert", "pipeline"}
-            worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", "ccoe-test"], env, tmp_path / "worker.log")
+            worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "ccoe-test"], env, tmp_path / "worker.log")
             with get_client(sync_client=True) as client:
                 deployment = client.read_deployment(ids["retrain-expert"])
                 schema = deployment.parameter_openapi_schema["properties"]
@@ -89,23 +54,23 @@ def test_retrain_expert_triggered_like_the_ui_runs_on_a_worker(tmp_path):
         assert version.tags["ccoe.pushed"] == "math" and version.tags["ccoe.gate"] in ("promoted", "rejected")
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(server)
+            stop(worker)
+        stop(server)
 
 
 def test_pipeline_with_an_mlflow_server_and_s3(tmp_path, s3_server, prefect_harness):
     from flows.pipeline import pipeline
 
-    port = _port()
+    port = free_port()
     prefix = uuid.uuid4().hex[:8]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_S3_ENDPOINT_URL": s3_server,
            "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    server = _start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+    server = start([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                      "--artifacts-destination", f"s3://{BUCKET}/{prefix}/mlflow", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                     env, tmp_path / "mlflow.log")
     try:
         uri = f"http://127.0.0.1:{port}"
-        _wait_http(f"{uri}/health", server, tmp_path / "mlflow.log")
+        wait_http(f"{uri}/health", server, tmp_path / "mlflow.log")
         data = yaml.safe_load(tiny_config(tmp_path).read_text())
         data["experts"] = data["experts"][:2]
         data["tracking"] = {"tracking_uri": uri, "experiment": "ccoe-experts"}
@@ -125,4 +90,4 @@ def test_pipeline_with_an_mlflow_server_and_s3(tmp_path, s3_server, prefect_harn
         assert sum(k.startswith(f"{prefix}/blobs/blobs/") for k in keys) == 2
         assert any(k.startswith(f"{prefix}/mlflow/") and k.endswith(".safetensors") for k in keys)  # run artifacts on S3
     finally:
-        _stop(server)
+        stop(server)
