@@ -37,6 +37,7 @@ demo-runtime: setup
 
 bench: setup
 	$(PY) benchmarks/bench_runtime.py --out benchmarks/results/runtime.md
+	$(PY) benchmarks/bench_inference.py --out benchmarks/results/inference.md
 	$(PY) benchmarks/bench_training.py --out benchmarks/results/training.md
 	$(PY) benchmarks/bench_merge.py --out benchmarks/results/merge.md
 	$(PY) benchmarks/collect.py > BENCHMARKS.md
