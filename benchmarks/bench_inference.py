@@ -33,10 +33,10 @@ EXPERTS = 4
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def build(device):
+def build(device, dtype: str = "float32"):
     from peft import LoraConfig, get_peft_model
 
-    backbone = load_backbone(spec(), device=device)
+    backbone = load_backbone(spec(dtype), device=device)
     ccoe = CCoEModel(backbone)
     for i in range(EXPERTS):
         ccoe.push_expert(create_expert(backbone, f"e{i}", "d", LayerSelection(strategy="top", k=K_QUARTER)))
@@ -114,8 +114,8 @@ def run_case(name, ccoe, peft, ids, decode_steps, device) -> tuple[float, float]
 CASES = ["backbone", "ccoe-mixed", "peft-mixed", "peft-switching"]
 
 
-def measure(device, batch, prompt, decode_steps, reps) -> dict:
-    ccoe, peft = build(device)
+def measure(device, dtype, batch, prompt, decode_steps, reps) -> dict:
+    ccoe, peft = build(device, dtype)
     ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (batch, prompt), device=device)
     for name in CASES:
         run_case(name, ccoe, peft, ids, 2, device)  # warm-up
@@ -166,13 +166,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/inference.md"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
     device = torch.device(args.device)
-    result = measure(device, args.batch, args.prompt, args.decode_steps, args.reps)
+    result = measure(device, args.dtype, args.batch, args.prompt, args.decode_steps, args.reps)
     text = report(result, device, args.batch, args.prompt, args.decode_steps, args.reps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
