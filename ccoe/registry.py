@@ -87,9 +87,12 @@ def get_version(spec: RegistrySpec, ref: str | int, name: str | None = None) -> 
         mv = mlc.get_model_version(name, str(ref)) if str(ref).isdigit() else mlc.get_model_version_by_alias(name, str(ref))
     except MlflowException:
         return None
+    # Resolve the version's files through this spec's client: a `models:/` URI would be resolved against
+    # the process-wide registry URI, which need not be this registry.
+    source = mlc.get_model_version_download_uri(name, mv.version).rstrip("/")
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=tmp, tracking_uri=tracking_uri(spec))
-        manifest = Manifest.model_validate_json((Path(local) / "artifacts" / MANIFEST_NAME).read_text())
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{source}/artifacts/{MANIFEST_NAME}", dst_path=tmp, tracking_uri=tracking_uri(spec))
+        manifest = Manifest.model_validate_json(Path(local).read_text())
     return RegisteredManifest(int(mv.version), manifest, tuple(mv.aliases))
 
 

@@ -133,6 +133,21 @@ def test_registry_versions_aliases_and_load(backbone, store, reg):
         registry.merge_and_register(reg, store, bare=bare, pops=["nope"])
 
 
+def test_cli_reads_a_registry_version_in_a_fresh_process(backbone, reg, tmp_path):
+    """No process-wide MLflow state: the CLI must find the model through --tracking-uri alone."""
+    import subprocess
+
+    store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
+    registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, "math", "math", [3])])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ccoe.cli", "info", "--json", "--artifact", f"models:/{reg.model_name}@candidate",
+         "--tracking-uri", registry.tracking_uri(reg)], cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["experts"]["math"]["layers"] == [3]
+
+
 def test_racing_merges_lose_no_expert(backbone, reg, tmp_path, monkeypatch):
     store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
     bare = bare_manifest(backbone)
