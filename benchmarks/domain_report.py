@@ -27,7 +27,7 @@ from ccoe.config import CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpe
 from ccoe.domains import DOMAINS, eval_items, train_data_spec  # noqa: E402
 from ccoe.evaluate import evaluate_domain  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402
-from ccoe.generation import encode_prompt  # noqa: E402
+from ccoe.data import encode_prompt  # noqa: E402
 from ccoe.model import CCoEModel  # noqa: E402
 from lightning_modules.train import train_expert  # noqa: E402
 

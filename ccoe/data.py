@@ -117,6 +117,20 @@ def split_examples(examples: Sequence[Example], val_fraction: float, seed: int =
     return train, val
 
 
+def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True, system_prompt: str | None = None) -> list[int]:
+    """A user prompt as token ids, through the tokenizer's chat template when it has one.
+
+    Training (`encode_example`), scoring and generation all encode prompts here, so they agree.
+    """
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix = f"{system_prompt}\n" if system_prompt else ""
+    return tokenizer(prefix + prompt)["input_ids"]
+
+
 def encode_example(example: Example, tokenizer, spec: DataSpec) -> dict[str, list[int]]:
     """Token ids and labels for one example; labels are IGNORE_INDEX on the prompt.
 
@@ -124,14 +138,7 @@ def encode_example(example: Example, tokenizer, spec: DataSpec) -> dict[str, lis
     The response ends with EOS. Too long: the response keeps at least half of `max_length`, the
     prompt is cut from the left (its end, next to the answer, matters most).
     """
-    if spec.use_chat_template and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": spec.system_prompt}] if spec.system_prompt else [])
-        messages.append({"role": "user", "content": example.prompt})
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        prefix = f"{spec.system_prompt}\n" if spec.system_prompt else ""
-        prompt_ids = tokenizer(prefix + example.prompt)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, example.prompt, spec.use_chat_template, spec.system_prompt)
     response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ccoe.data import encode_prompt
 from ccoe.model import CCoEModel, Route
 
 
@@ -116,14 +117,6 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[tor
             ids[row, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
             mask[row, width - len(seq):] = 1
     return ids, mask
-
-
-def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> list[int]:
-    """A user prompt as token ids, through the tokenizer's chat template when it has one."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
 
 
 @dataclass

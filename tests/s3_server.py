@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.processes import stop
 
 S3_PORT = 8333
 ACCESS_KEY, SECRET_KEY = "ccoe-test-key", "ccoe-test-secret-0123456789"
@@ -69,12 +70,7 @@ def s3_server(tmp_path_factory):
                 time.sleep(0.5)
         yield endpoint
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process, grace_s=20)
         log.close()
         for key, value in saved.items():
             if value is None:
