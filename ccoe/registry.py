@@ -48,15 +48,23 @@ def client(spec: RegistrySpec) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri(spec), registry_uri=tracking_uri(spec))
 
 
-def _experiment_id(spec: RegistrySpec, mlc: MlflowClient) -> str:
-    experiment = mlc.get_experiment_by_name(spec.experiment)
+def experiment_id(mlc: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """Get or create the experiment `name`, safe against concurrent creators (parallel training jobs
+    on a fresh server all try to create it; the losers read the winner's)."""
+    experiment = mlc.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = mlflow_artifact_root(spec.tracking_uri, spec.artifact_location, spec.root)
     try:
-        return mlc.create_experiment(spec.experiment, artifact_location=location)
-    except MlflowException:  # created concurrently
-        return mlc.get_experiment_by_name(spec.experiment).experiment_id
+        return mlc.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        experiment = mlc.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _experiment_id(spec: RegistrySpec, mlc: MlflowClient) -> str:
+    return experiment_id(mlc, spec.experiment, mlflow_artifact_root(spec.tracking_uri, spec.artifact_location, spec.root))
 
 
 # -- reading ------------------------------------------------------------------------------------------

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning_fabric.utilities.rank_zero import rank_zero_only
+from mlflow import MlflowClient
 from pytorch_lightning.loggers import MLFlowLogger
 
 from ccoe.config import ExpertJobSpec, mlflow_artifact_root, mlflow_store_uri
+from ccoe.registry import experiment_id
 
 
 def job_params(job: ExpertJobSpec) -> dict:
@@ -24,11 +27,17 @@ def job_params(job: ExpertJobSpec) -> dict:
 
 
 def make_logger(job: ExpertJobSpec, tags: dict[str, str]) -> MLFlowLogger:
+    """The job's logger. The experiment is made first with a race-safe get-or-create: MLFlowLogger's
+    own lookup-then-create fails when sibling jobs create the same experiment at the same moment."""
+    uri = mlflow_store_uri(job.tracking.tracking_uri, job.tracking.root)
+    artifacts = mlflow_artifact_root(job.tracking.tracking_uri, job.tracking.artifact_location, job.tracking.root)
+    if rank_zero_only.rank == 0:
+        experiment_id(MlflowClient(tracking_uri=uri), job.tracking.experiment, artifacts)
     return MLFlowLogger(
         experiment_name=job.tracking.experiment,
         run_name=f"expert-{job.expert.name}",
-        tracking_uri=mlflow_store_uri(job.tracking.tracking_uri, job.tracking.root),
-        artifact_location=mlflow_artifact_root(job.tracking.tracking_uri, job.tracking.artifact_location, job.tracking.root),
+        tracking_uri=uri,
+        artifact_location=artifacts,
         tags=tags,
         log_model=False,
     )

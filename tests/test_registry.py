@@ -168,6 +168,23 @@ def test_racing_merges_lose_no_expert(backbone, reg, tmp_path, monkeypatch):
     assert registry.get_alias_version(reg, "candidate") == 3
 
 
+def test_experiment_created_by_a_sibling_between_lookup_and_create_is_reused(reg, monkeypatch):
+    """Parallel training jobs on a fresh server all find no experiment and all try to create it."""
+    mlc = registry.client(reg)
+    real_get, raced = mlc.get_experiment_by_name, []
+
+    def lookup_then_a_sibling_creates(name):
+        if not raced:  # the sibling job creates it right after our lookup missed
+            raced.append(real_get(name))
+            mlflow.MlflowClient(tracking_uri=registry.tracking_uri(reg)).create_experiment(name)
+            return None
+        return real_get(name)
+
+    monkeypatch.setattr(mlc, "get_experiment_by_name", lookup_then_a_sibling_creates)
+    got = registry.experiment_id(mlc, "fresh-experiment", None)
+    assert raced == [None] and got == real_get("fresh-experiment").experiment_id
+
+
 def test_merges_from_the_champion_build_on_pending_but_not_rejected_candidates(backbone, reg, tmp_path):
     store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
     bare = bare_manifest(backbone)
