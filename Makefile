@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report data clean
+.PHONY: setup test test-fast demo demo-runtime bench domain-report data clean stack-up stack-down stack-status
 
 setup: $(STAMP)
 
@@ -29,8 +29,23 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+DEMO_CONFIG ?= configs/demo.yaml
+STACK_CONFIG ?= infra/local/stack.yaml
+
+# While the local stack is up (`make stack-up`), the demo runs against it; otherwise on embedded services.
 demo: setup
-	$(PY) -m flows.pipeline --config configs/demo.yaml
+	@stack_env=$$($(PY) infra/local/stack.py env-file --config $(STACK_CONFIG)); \
+	if [ -n "$$stack_env" ]; then echo "using the local stack: $$stack_env"; set -a; . "$$stack_env"; set +a; fi; \
+	$(PY) -m flows.pipeline --config $(DEMO_CONFIG)
+
+stack-up: setup
+	$(PY) infra/local/stack.py up --config $(STACK_CONFIG)
+
+stack-down: setup
+	$(PY) infra/local/stack.py down --config $(STACK_CONFIG)
+
+stack-status: setup
+	$(PY) infra/local/stack.py status --config $(STACK_CONFIG)
 
 demo-runtime: setup
 	$(PY) -m ccoe.demo

@@ -6,6 +6,7 @@ Every artifact ccoe writes carries the config that produced it, so these models 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -379,3 +380,34 @@ class PipelineSpec(Spec):
             backbone=self.backbone, expert=plan.expert, data=data, training=training, tracking=self.tracking,
             output_dir=str(Path(self.work_dir) / "experts"),
         )
+
+
+SERVICE_ENV = {
+    "CCOE_TRACKING_URI": "MLflow server of the training runs and of the registry (tracking.tracking_uri, registry.tracking_uri)",
+    "CCOE_STORAGE_URI": "expert blob store (storage.uri), e.g. s3://ccoe/blobs",
+    "CCOE_S3_ENDPOINT_URL": "S3 endpoint of the blob store (storage.endpoint_url)",
+    "CCOE_S3_REGION": "S3 region of the blob store (storage.region)",
+}
+
+
+def load_pipeline(path: str | Path, env: dict[str, str] | None = None) -> PipelineSpec:
+    """The PipelineSpec in `path` with its services taken from `CCOE_*` variables where set.
+
+    Why: one config file (say configs/demo.yaml) runs on the embedded defaults, on the local stack
+    (infra/local writes these variables into an env file) and in a cluster (a Secret provides them),
+    without copies of the file that differ only in hosts. The variables are listed in SERVICE_ENV;
+    the effective spec is what `write_spec` saves next to the run, so the lineage shows the real URIs.
+    """
+    env = os.environ if env is None else env
+    spec = load_yaml(PipelineSpec, path)
+    uri, storage = env.get("CCOE_TRACKING_URI"), {}
+    for var, field in (("CCOE_STORAGE_URI", "uri"), ("CCOE_S3_ENDPOINT_URL", "endpoint_url"), ("CCOE_S3_REGION", "region")):
+        if env.get(var):
+            storage[field] = env[var]
+    update: dict[str, Any] = {}
+    if uri:
+        update["tracking"] = spec.tracking.model_copy(update={"tracking_uri": uri})
+        update["registry"] = spec.registry.model_copy(update={"tracking_uri": uri})
+    if storage:
+        update["storage"] = StorageSpec.model_validate({**spec.storage.model_dump(), **storage})
+    return spec.model_copy(update=update) if update else spec

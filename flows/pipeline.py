@@ -4,12 +4,15 @@
     python -m flows.pipeline --config configs/demo.yaml --only law
 
 With no Prefect server configured, flows run on Prefect's ephemeral local API; MLflow uses the sqlite
-file and artifact folder of the config; blobs go to the configured folder.
+file and artifact folder of the config; blobs go to the configured folder. `CCOE_TRACKING_URI`,
+`CCOE_STORAGE_URI`, `CCOE_S3_ENDPOINT_URL` (see ccoe.config.load_pipeline) point the same config at
+real services: the local stack's env file sets them (`make stack-up`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from ccoe import registry
-from ccoe.config import DataSpec, PipelineSpec, load_yaml
+from ccoe.config import DataSpec, PipelineSpec, load_pipeline
 from ccoe.pipeline import plan_jobs, write_spec
 from flows.evaluate import evaluate
 from flows.merge import merge
@@ -55,7 +58,7 @@ def run_pipeline(spec: PipelineSpec, only: list[str] | None = None) -> dict:
 @flow(name="pipeline")
 def pipeline(config: str = "configs/demo.yaml", only: list[str] | None = None) -> dict:
     """Continual update: retrain experts whose data changed, merge, evaluate, promote if earned."""
-    return run_pipeline(load_yaml(PipelineSpec, config), only)
+    return run_pipeline(load_pipeline(config), only)
 
 
 class TrainingOverrides(BaseModel):
@@ -71,7 +74,7 @@ class TrainingOverrides(BaseModel):
 def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: str | None = None,
                    overrides: TrainingOverrides | None = None) -> dict:
     """Retrain one expert (optionally on new data, with overrides), merge, evaluate, gate."""
-    spec = load_yaml(PipelineSpec, config)
+    spec = load_pipeline(config)
     names = [p.expert.name for p in spec.experts]
     if expert not in names:
         raise ValueError(f"unknown expert {expert!r}; {config} defines {names}")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--only", nargs="*", help="experts to consider (default: all)")
     args = p.parse_args(argv)
-    spec = load_yaml(PipelineSpec, args.config)
+    spec = load_pipeline(args.config)
     started = time.perf_counter()
     summary = pipeline(args.config, args.only)
     minutes = (time.perf_counter() - started) / 60
@@ -100,10 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.get("report") or f"Nothing retrained: {summary['skipped']}")
     if summary.get("failures"):
         print(f"\nFailed experts: {summary['failures']}")
-    tracking = spec.tracking.tracking_uri or f"sqlite:///{Path(spec.tracking.root).resolve()}/mlflow.db"
     print(f"\nPipeline finished in {minutes:.1f} min. Look at what it did:")
-    print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking} --host 127.0.0.1 --port 5001")
-    print("  Prefect: .venv/bin/prefect server start --host 127.0.0.1   (then open http://127.0.0.1:4200)")
+    if spec.tracking.tracking_uri:
+        print(f"  MLflow:  open {spec.tracking.tracking_uri}")
+    else:
+        tracking = f"sqlite:///{Path(spec.tracking.root).resolve()}/mlflow.db"
+        print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking} --host 127.0.0.1 --port 5001")
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        print(f"  Prefect: open {api.removesuffix('/api')}")
+    else:
+        print("  Prefect: .venv/bin/prefect server start --host 127.0.0.1   (then open http://127.0.0.1:4200)")
     alias = "champion" if summary.get("promote") else "candidate"
     registry_uri = spec.registry.tracking_uri or f"sqlite:///{Path(spec.registry.root).resolve()}/mlflow.db"
     print(f"  Model:   .venv/bin/ccoe info --artifact models:/{spec.registry.model_name}@{alias} --tracking-uri {registry_uri}")

