@@ -22,7 +22,6 @@ import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -125,10 +124,6 @@ class ExpertBlob:
     run_id: str | None = None
     data_fingerprint: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def from_file(cls, path: str | Path, **lineage) -> "ExpertBlob":
-        return cls(Path(path).read_bytes(), **lineage)
 
 
 def stage_blobs(store: BlobStore, blobs: Sequence[ExpertBlob], fingerprint: str | None = None) -> dict[str, ExpertEntry]:

@@ -317,6 +317,8 @@ class EvalSpec(Spec):
     max_new_tokens: dict[str, int] = Field(default_factory=lambda: {"math": 64, "code": 256, "sql": 96})
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(768, ge=16)
+    device: str = Field("cpu", description="where base, champion and candidate are scored: cpu, cuda, cuda:1, ...")
+    dtype: DType | None = Field(None, description="backbone dtype for scoring (default: the backbone spec's); bfloat16 on GPUs")
 
 
 class GateSpec(Spec):
@@ -362,6 +364,8 @@ class PipelineSpec(Spec):
     slots: int = Field(1, ge=1, description="expert jobs running at once (one per GPU in production)")
     retries: int = Field(1, ge=0)
     deployment: str | None = Field(None, description="run each expert job as a run of this deployment (production)")
+    gpu_job_variable: str | None = Field(
+        None, description="work-pool job variable that sets a run's GPU count (infra/k8s: `gpus`); each expert run asks for its training.devices")
     skip_unchanged: bool = Field(True, description="skip experts whose data fingerprint equals the champion's")
 
     @model_validator(mode="after")

@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccoe.artifact import ExpertBlob, Manifest, bare_manifest, blob_store_for, fetch_blob
 from ccoe.backbone import load_backbone
-from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec
+from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec, mlflow_store_uri
 from ccoe.data import data_fingerprint, load_records, to_examples
 from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
 from ccoe.evaluate import DomainScore, evaluate_domain
@@ -78,13 +79,31 @@ def pipeline_router(spec: PipelineSpec) -> RouterSpec:
     return router_spec(mapping={name: {domain: 1.0} for domain, name in names.items() if domain in DOMAINS})
 
 
+def trained_blob_bytes(spec: PipelineSpec, result: dict) -> bytes:
+    """The blob a training job wrote: its file when this process can see it, else the copy the job
+    logged to its MLflow run (`expert/<file>`): with `deployment` set each job runs on its own node,
+    so the merge step usually cannot see the trainer's disk. Checked against the job's sha256."""
+    from ccoe import registry
+
+    path = Path(result["blob_path"])
+    if path.is_file():
+        data = path.read_bytes()
+    else:
+        uri = mlflow_store_uri(spec.tracking.tracking_uri, spec.tracking.root)
+        data = registry.run_artifact_bytes(uri, result["run_id"], f"expert/{path.name}")
+    if hashlib.sha256(data).hexdigest() != result["sha256"]:
+        raise ValueError(f"expert {result['expert']!r}: the blob read from {path} (or run {result['run_id']}) does not match the "
+                         f"sha256 its training job reported ({result['sha256'][:12]}...); retrain the expert")
+    return data
+
+
 def merge_results(spec: PipelineSpec, results: list[dict], pops: list[str] = ()):
     """Push trained experts (results of `train_expert`, as dicts) into the registry as `candidate`."""
     from ccoe import registry
 
     backbone = load_backbone(spec.backbone)
-    blobs = [ExpertBlob.from_file(r["blob_path"], run_id=r["run_id"], data_fingerprint=r["data_fingerprint"],
-                                  metrics={k: v for k, v in r["metrics"].items() if isinstance(v, float)}) for r in results]
+    blobs = [ExpertBlob(trained_blob_bytes(spec, r), run_id=r["run_id"], data_fingerprint=r["data_fingerprint"],
+                        metrics={k: v for k, v in r["metrics"].items() if isinstance(v, float)}) for r in results]
     return registry.merge_and_register(
         spec.registry, BlobStore(spec.storage), bare=bare_manifest(backbone, storage=spec.storage),
         blobs=blobs, pops=pops, router=pipeline_router(spec),
@@ -116,7 +135,10 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
     candidate = registry.get_version(spec.registry, version)
     champion = registry.get_version(spec.registry, "champion")
     manifests = {"candidate": candidate.manifest, "champion": champion.manifest if champion else None}
-    backbone = load_backbone(candidate.manifest.backbone.spec)
+    backbone_spec = candidate.manifest.backbone.spec
+    if spec.eval.dtype:
+        backbone_spec = backbone_spec.model_copy(update={"dtype": spec.eval.dtype})
+    backbone = load_backbone(backbone_spec, device=spec.eval.device)
     model, routes_by_sha = CCoEModel(backbone), {}
     for manifest in filter(None, manifests.values()):
         store = blob_store_for(manifest, None)

@@ -259,6 +259,14 @@ def tag_version(spec: RegistrySpec, version: int, tags: Mapping[str, str]) -> No
         mlc.set_model_version_tag(spec.model_name, str(version), key, value)
 
 
+def run_artifact_bytes(tracking_uri_: str, run_id: str, artifact_path: str) -> bytes:
+    """One artifact of a run, read through the tracking server (e.g. the expert blob a training job on
+    another node logged under `expert/`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=tracking_uri_)
+        return Path(local).read_bytes()
+
+
 def log_run(spec: RegistrySpec, run_name: str, *, params: Mapping[str, str] | None = None,
             metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None, files: Sequence[Path] = ()) -> str:
     """One MLflow run in the registry's experiment (used for evaluations); returns its id."""

@@ -25,8 +25,10 @@ def train_job(job: ExpertJobSpec) -> dict:
 
 
 @task(task_run_name="train-{job.expert.name}-on-{deployment}")
-def train_job_remote(job: ExpertJobSpec, deployment: str) -> dict:
-    run = run_deployment(deployment, parameters={"job": job.model_dump(mode="json")}, timeout=None)
+def train_job_remote(job: ExpertJobSpec, deployment: str, gpu_job_variable: str | None = None) -> dict:
+    """One expert as a run of `deployment`; with `gpu_job_variable` the run asks for `training.devices` GPUs."""
+    job_variables = {gpu_job_variable: job.training.devices} if gpu_job_variable else None
+    run = run_deployment(deployment, parameters={"job": job.model_dump(mode="json")}, job_variables=job_variables, timeout=None)
     if not run.state.is_completed():
         raise RuntimeError(f"deployment run {run.name} for expert {job.expert.name!r} ended {run.state.type.value}: {run.state.message}")
     return run.state.result()
@@ -45,7 +47,7 @@ def train_experts(spec: PipelineSpec, jobs: list[ExpertJobSpec]) -> dict:
     """Train `jobs` concurrently (up to `spec.slots`); returns {"results": [...], "failures": {name: error}}."""
     logger = get_run_logger()
     if spec.deployment:
-        futures = {j.expert.name: train_job_remote.with_options(retries=spec.retries).submit(j, spec.deployment) for j in jobs}
+        futures = {j.expert.name: train_job_remote.with_options(retries=spec.retries).submit(j, spec.deployment, spec.gpu_job_variable) for j in jobs}
     else:
         futures = {j.expert.name: train_job.with_options(retries=spec.retries, retry_delay_seconds=2).submit(j) for j in jobs}
     wait(list(futures.values()))

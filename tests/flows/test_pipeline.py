@@ -1,5 +1,7 @@
 """The tiny pipeline end to end under Prefect's test harness with a temporary sqlite MLflow."""
 
+from pathlib import Path
+
 import mlflow
 import pytest
 import yaml
@@ -65,3 +67,21 @@ def test_one_failing_expert_does_not_stop_the_others(tmp_path, prefect_harness):
     assert sorted(summary["failures"]) == ["law", "sql"]
     assert "cannot fill one batch" in summary["failures"]["sql"]
     assert "missing required field 'response'" in summary["failures"]["law"]
+
+
+def test_merge_reads_a_blob_trained_on_another_node_from_its_mlflow_run(tmp_path):
+    """With `deployment` set, each expert trains on its own node: the merge cannot see that disk."""
+    from dataclasses import asdict
+
+    from ccoe.pipeline import data_for, merge_results
+    from lightning_modules.train import train_expert
+
+    spec = load_yaml(PipelineSpec, tiny_config(tmp_path))
+    plan = spec.experts[1]
+    result = asdict(train_expert(spec.job(plan, data_for(spec, plan))))
+    Path(result["blob_path"]).unlink()  # as seen from the merge pod
+    merged = merge_results(spec, [result])
+    assert merged.manifest.experts["sql"].sha256 == result["sha256"] and merged.manifest.experts["sql"].run_id == result["run_id"]
+
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        merge_results(spec, [{**result, "sha256": "0" * 64}])
