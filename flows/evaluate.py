@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -22,7 +23,9 @@ from ccoe.pipeline import apply_decision, evaluate_candidate, gate, markdown_rep
 @flow(name="evaluate")
 def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_ids: list[str] | None = None) -> dict:
     logger = get_run_logger()
+    started = time.perf_counter()
     evaluation = evaluate_candidate(spec, version, retrained)
+    seconds = time.perf_counter() - started
     decision = gate(spec, evaluation)
     with tempfile.TemporaryDirectory() as tmp:
         chart = bar_chart(evaluation.rows, Path(tmp) / "gate.png", f"{spec.registry.model_name} v{version}: {'promoted' if decision.promote else 'rejected'}")
@@ -43,4 +46,4 @@ def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_i
     create_markdown_artifact(key="ccoe-gate", markdown=report, description=decision.summary()[:500])
     logger.info(decision.summary())
     return {"version": version, "promote": decision.promote, "reasons": decision.reasons, "rows": evaluation.rows,
-            "router_accuracy": evaluation.router_accuracy, "evaluation_run_id": run_id, "report": report}
+            "router_accuracy": evaluation.router_accuracy, "evaluation_run_id": run_id, "report": report, "seconds": seconds}

@@ -26,6 +26,9 @@ def test_pipeline_trains_merges_evaluates_and_promotes_then_skips_unchanged_data
     version = registry.client(spec.registry).get_model_version(spec.registry.model_name, "1")
     assert version.tags["ccoe.gate"] == "promoted" and version.tags["ccoe.experts"] == "law,math,sql"
     assert version.tags["ccoe.evaluation_run"] == summary["evaluation_run_id"]
+    timings = summary["timings"]
+    assert set(timings["train_jobs_s"]) == {"law", "math", "sql"} and 0 < timings["merge_s"] and 0 < timings["evaluate_s"]
+    assert 0 < max(timings["train_jobs_s"].values()) <= timings["train_wall_s"]
 
     client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri(spec.registry))
     evaluation = client.get_run(summary["evaluation_run_id"])
