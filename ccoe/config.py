@@ -376,6 +376,17 @@ class PipelineSpec(Spec):
             raise ValueError(f"expert names must be unique; repeated: {repeated}")
         return self
 
+    def with_outputs_in(self, folder: str | Path) -> "PipelineSpec":
+        """This spec with every local output (MLflow store, blobs, work folder) under `folder`: a fresh
+        run that nothing earlier can skip (tests, benchmarks). Service URIs, if set, stay as they are."""
+        folder = Path(folder)
+        return self.model_copy(update={
+            "tracking": self.tracking.model_copy(update={"root": str(folder / "mlruns")}),
+            "registry": self.registry.model_copy(update={"root": str(folder / "mlruns")}),
+            "storage": StorageSpec(uri=str(folder / "blobs")),
+            "work_dir": str(folder / "work"),
+        })
+
     def job(self, plan: ExpertPlan, data: DataSpec) -> ExpertJobSpec:
         """The training job of one expert: the pipeline's defaults with the plan's overrides."""
         training = self.training.model_copy(update=plan.training) if plan.training else self.training

@@ -203,6 +203,15 @@ def markdown_report(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def wall_split(timings: dict, total_s: float) -> dict[str, float]:
+    """Seconds of a pipeline run's wall by phase, from `run_pipeline`'s timings: training (in-process
+    seconds of the jobs; concurrent jobs count at most the training wall), merge, evaluation, and the
+    rest = orchestration (Prefect, MLflow bookkeeping, process start-ups, imports)."""
+    train = min(sum(timings["train_jobs_s"].values()), timings["train_wall_s"])
+    return {"train_s": train, "merge_s": timings["merge_s"], "evaluate_s": timings["evaluate_s"],
+            "orchestration_s": total_s - train - timings["merge_s"] - timings["evaluate_s"]}
+
+
 def write_spec(spec: PipelineSpec, folder: str | Path) -> Path:
     path = Path(folder) / "pipeline.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from ccoe import registry
 from ccoe.config import DataSpec, PipelineSpec, load_pipeline
-from ccoe.pipeline import plan_jobs, write_spec
+from ccoe.pipeline import plan_jobs, wall_split, write_spec
 from flows.evaluate import evaluate
 from flows.merge import merge
 from flows.train import with_slots
@@ -95,12 +95,11 @@ def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: 
 
 
 def timing_line(timings: dict, total_s: float) -> str:
-    """Where the wall time went: in-process training, merge and evaluation vs the rest (Prefect, MLflow
-    bookkeeping, process start-ups, imports). Concurrent jobs (slots > 1) count at most the training wall."""
-    train = min(sum(timings["train_jobs_s"].values()), timings["train_wall_s"])
-    rest = total_s - train - timings["merge_s"] - timings["evaluate_s"]
-    return (f"\nWall {total_s / 60:.1f} min: training {train / 60:.1f} min (in the jobs), merge {timings['merge_s']:.0f} s, "
-            f"evaluation {timings['evaluate_s'] / 60:.1f} min, orchestration and start-ups {rest / 60:.1f} min ({rest / total_s:.0%})")
+    """Where the wall time went (ccoe.pipeline.wall_split), as one line."""
+    t = wall_split(timings, total_s)
+    return (f"\nWall {total_s / 60:.1f} min: training {t['train_s'] / 60:.1f} min (in the jobs), merge {t['merge_s']:.0f} s, "
+            f"evaluation {t['evaluate_s'] / 60:.1f} min, orchestration and start-ups {t['orchestration_s'] / 60:.1f} min "
+            f"({t['orchestration_s'] / total_s:.0%})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from infra.local.stack import StackPorts, weed_command
+from infra.local.stack import StackPorts, weed_command, weed_identities
 from tests.processes import free_port, stop
 
 ACCESS_KEY, SECRET_KEY = "ccoe-test-key", "ccoe-test-secret-0123456789"
@@ -49,8 +49,7 @@ def s3_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("seaweedfs")
     ports = free_stack_ports()
     config = root / "identities.json"
-    config.write_text(json.dumps({"identities": [{"name": "ccoe", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    config.write_text(json.dumps(weed_identities(ACCESS_KEY, SECRET_KEY)))
     (root / "data").mkdir()
     log = open(root / "weed.log", "wb")
     process = subprocess.Popen(weed_command(root, ports, BUCKET), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"  # loopback only, never configurable
 REGION = "us-east-1"
+SERVICE_NAMES = ("s3", "mlflow", "prefect", "worker")  # start order; `services()` builds them
 TELEMETRY_OFF = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
@@ -184,9 +185,9 @@ class Service:
     healthy: Callable[[], bool]
 
 
-def _http_ok(url: str, data: bytes | None = None) -> bool:
+def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}), timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=5) as r:
             return 200 <= r.status < 300
     except OSError:
         return False
@@ -220,11 +221,12 @@ def stack_env(spec: StackSpec) -> dict[str, str]:
 
 
 def _s3_healthy(spec: StackSpec) -> Callable[[], bool]:
+    creds = credentials(spec)
+
     def check() -> bool:
         import boto3
         from botocore.config import Config
 
-        creds = credentials(spec)
         client = boto3.client("s3", endpoint_url=f"http://{HOST}:{spec.ports.s3}", region_name=REGION,
                               aws_access_key_id=creds["AWS_ACCESS_KEY_ID"], aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
                               config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=2))
@@ -270,6 +272,12 @@ def services(spec: StackSpec) -> list[Service]:
     ]
 
 
+def weed_identities(access_key: str, secret_key: str) -> dict:
+    """SeaweedFS's `-s3.config` content: one identity with these keys and every S3 action."""
+    return {"identities": [{"name": "ccoe", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+
+
 def weed_command(folder: Path, p: StackPorts, bucket: str) -> list[str]:
     """`weed mini` with S3 on `p.s3`, its data in `folder/data`, identities from `folder/identities.json`,
     `bucket` created. Every port is explicit (its defaults would collide with a second instance) and
@@ -295,13 +303,10 @@ def _prepare(spec: StackSpec) -> None:
     for folder in ("run", "logs", "s3/data", "mlflow", "prefect"):
         (spec.root / folder).mkdir(parents=True, exist_ok=True)
     creds = credentials(spec)
-    identities = {"identities": [{"name": "ccoe", "credentials": [{"accessKey": creds["AWS_ACCESS_KEY_ID"],
-                                                                 "secretKey": creds["AWS_SECRET_ACCESS_KEY"]}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
     path = spec.root / "s3" / "identities.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(identities, handle)
+        json.dump(weed_identities(creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"]), handle)
 
 
 def _pidfile(spec: StackSpec, name: str) -> PidFile:
@@ -366,7 +371,7 @@ def up(spec: StackSpec) -> Path:
             started.append((service.name, process.pid))
             _wait_healthy(spec, service, process.pid)
             print(f"{service.name:8s} started pid {process.pid}, healthy in {time.monotonic() - begin:.1f} s  {service.url}")
-        env_file = _write_env_file(spec)
+        written = _write_env_file(spec)
         if spec.deploy_config:
             _deploy(spec)
             print(f"deployments train-expert, retrain-expert, pipeline on work pool {spec.work_pool!r} ({spec.deploy_config})")
@@ -376,8 +381,8 @@ def up(spec: StackSpec) -> Path:
             _pidfile(spec, name).path.unlink(missing_ok=True)
         (spec.root / "stack.env").unlink(missing_ok=True)
         raise
-    print(f"env file: {env_file}\nPrefect UI: http://{HOST}:{spec.ports.prefect}   MLflow UI: http://{HOST}:{spec.ports.mlflow}")
-    return env_file
+    print(f"env file: {written}\nPrefect UI: http://{HOST}:{spec.ports.prefect}   MLflow UI: http://{HOST}:{spec.ports.mlflow}")
+    return written
 
 
 def down(spec: StackSpec) -> list[int]:
@@ -411,7 +416,7 @@ def status(spec: StackSpec) -> bool:
 def env_file(spec: StackSpec) -> Path | None:
     """The env file while every service's process runs (no health probe: cheap enough for `make demo`)."""
     path = spec.root / "stack.env"
-    running = all(_pidfile(spec, s).running_pid() is not None for s in ("s3", "mlflow", "prefect", "worker"))
+    running = all(_pidfile(spec, s).running_pid() is not None for s in SERVICE_NAMES)
     return path if running and path.exists() else None
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccoe.config import PipelineSpec
+from ccoe.config import PipelineSpec, load_yaml
 
 TINY = Path(__file__).resolve().parent.parent.parent / "configs" / "tiny.yaml"
 
@@ -20,11 +20,7 @@ def prefect_harness():
 
 def tiny_config(folder: Path, **changes) -> Path:
     """configs/tiny.yaml with every output path inside `folder` (and `changes` applied), as a file."""
-    data = yaml.safe_load(TINY.read_text())
-    data["tracking"] = {"root": str(folder / "mlruns")}
-    data["registry"] = {**data["registry"], "root": str(folder / "mlruns")}
-    data["storage"] = {"uri": str(folder / "blobs")}
-    data["work_dir"] = str(folder / "work")
+    data = load_yaml(PipelineSpec, TINY).with_outputs_in(folder).model_dump(mode="json")
     data.update(changes)
     PipelineSpec.model_validate(data)
     path = folder / "pipeline.yaml"

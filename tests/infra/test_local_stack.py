@@ -13,7 +13,8 @@ import yaml
 from botocore.config import Config
 from pydantic import ValidationError
 
-from infra.local.stack import PidFile, StackPorts, StackSpec, _alive, process_tree
+from ccoe.config import SERVICE_ENV
+from infra.local.stack import SERVICE_NAMES, PidFile, StackPorts, StackSpec, _alive, process_tree
 from tests.flows.conftest import tiny_config
 from tests.s3_server import free_stack_ports
 
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _make(target: str, *variables: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CCOE_TRACKING", "CCOE_STORAGE", "CCOE_S3", "PREFECT_API_URL"))}
+    env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV and k != "PREFECT_API_URL"}
     done = subprocess.run(["make", "--no-print-directory", target, *variables], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0 or target == "stack-status", f"make {target} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
@@ -38,7 +39,7 @@ def _stack_config(tmp_path: Path) -> tuple[Path, StackSpec]:
 
 
 def _pids(spec: StackSpec) -> dict[str, int]:
-    return {s: PidFile(spec.root / "run" / f"{s}.pid").running_pid() for s in ("s3", "mlflow", "prefect", "worker")}
+    return {s: PidFile(spec.root / "run" / f"{s}.pid").running_pid() for s in SERVICE_NAMES}
 
 
 @pytest.mark.slow
@@ -101,3 +102,10 @@ def test_a_pid_file_never_claims_a_recycled_pid(tmp_path):
     record = json.loads(pidfile.path.read_text())
     pidfile.path.write_text(json.dumps({**record, "start_time": "1"}))  # same pid, another process's start time
     assert pidfile.running_pid() is None
+
+
+def test_service_names_follow_the_start_order(tmp_path):
+    from infra.local.stack import services
+
+    spec = StackSpec(state_dir=str(tmp_path / "stack"))
+    assert tuple(s.name for s in services(spec)) == SERVICE_NAMES
