@@ -20,18 +20,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from ccoe.backbone import Backbone, cache_root, load_backbone
 from ccoe.config import BackboneSpec, RouterSpec, Spec, StorageSpec, check_name
 from ccoe.expert import expert_from_bytes, expert_to_bytes, read_blob_metadata
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter
-from ccoe.storage import BlobStore
+from ccoe.storage import BlobStore, blob_name
 
 MANIFEST_NAME = "ccoe.json"
 MANIFEST_FORMAT = "ccoe-manifest/1"
@@ -42,16 +43,50 @@ class BackboneEntry(Spec):
     fingerprint: str
 
 
+SHA256_PATTERN = r"[0-9a-f]{64}"
+
+
 class ExpertEntry(Spec):
+    """One expert of a manifest. Its blob's name is derived from `sha256`, never read from the manifest.
+
+    Why: a manifest is untrusted input (anyone who can register a version writes one). A `blob` path
+    such as `../../outside/evil.safetensors` would load or delete files outside the store and the
+    cache, so the hash is validated as 64 hex digits and the only path ever built is
+    `blobs/<sha256>.safetensors`. Manifests written before this rule carried a `blob` key; it is
+    accepted only when it is exactly that derived name.
+    """
+
     domain: str
     layers: list[int]
-    blob: str = Field(description="blob name relative to the blob store root")
-    sha256: str
-    bytes: int
+    sha256: str = Field(pattern=f"^{SHA256_PATTERN}$", description="sha256 of the blob's bytes (64 lowercase hex digits)")
+    bytes: int = Field(ge=0)
     backbone_fingerprint: str
     run_id: str | None = None
     data_fingerprint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_blob(cls, data):
+        if isinstance(data, dict) and "blob" in data:
+            data = dict(data)
+            given, sha = data.pop("blob"), data.get("sha256")
+            if not (isinstance(sha, str) and re.fullmatch(SHA256_PATTERN, sha) and given == blob_name(sha)):
+                raise ValueError(
+                    f"manifest blob {given!r} is not the content address of its sha256 {sha!r}; a blob must be "
+                    "`blobs/<sha256>.safetensors` (64 lowercase hex digits): the manifest is corrupt or hostile"
+                )
+        return data
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return check_name(value, "domain name")
+
+    @property
+    def blob(self) -> str:
+        """The blob's name under the store root: `blobs/<sha256>.safetensors`."""
+        return blob_name(self.sha256)
 
 
 class Manifest(Spec):
@@ -61,6 +96,13 @@ class Manifest(Spec):
     experts: dict[str, ExpertEntry] = Field(default_factory=dict)
     router: RouterSpec | None = None
     parent: int | None = None
+
+    @field_validator("experts")
+    @classmethod
+    def _expert_names(cls, value: dict[str, ExpertEntry]) -> dict[str, ExpertEntry]:
+        for name in value:
+            check_name(name)
+        return value
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -146,23 +188,33 @@ def stage_blobs(store: BlobStore, blobs: Sequence[ExpertBlob], fingerprint: str 
                 )
     entries = {}
     for blob, meta in zip(blobs, metas):
-        name, sha = store.put_blob(blob.data)
+        _, sha = store.put_blob(blob.data)
         entries[meta["name"]] = ExpertEntry(
-            domain=meta["domain"], layers=json.loads(meta["layers"]), blob=name, sha256=sha, bytes=len(blob.data),
+            domain=meta["domain"], layers=json.loads(meta["layers"]), sha256=sha, bytes=len(blob.data),
             backbone_fingerprint=meta["backbone_fingerprint"], run_id=blob.run_id,
             data_fingerprint=blob.data_fingerprint, metrics=blob.metrics,
         )
     return entries
 
 
-def verify_present(manifest: Manifest, store: BlobStore) -> None:
-    """Every referenced blob exists with the recorded size (blobs are verified by hash when written)."""
-    problems = []
+def verify_present(manifest: Manifest, store: BlobStore, just_written: Iterable[str] = ()) -> None:
+    """Every referenced blob is in the store with its recorded size and sha256.
+
+    Blobs in `just_written` (sha256s that `stage_blobs` wrote or verified in this call) are not checked
+    again; every other blob is checked by content (`BlobStore.has_blob`: hashed once per store version,
+    so a same-size corruption is caught before a version that cannot load is published).
+    """
+    fresh, problems = set(just_written), []
     for name, entry in manifest.experts.items():
+        if entry.sha256 in fresh:
+            continue
         if not store.exists(entry.blob):
             problems.append(f"{name}: {store.url(entry.blob)} is missing")
         elif store.size(entry.blob) != entry.bytes:
             problems.append(f"{name}: {store.url(entry.blob)} has {store.size(entry.blob)} bytes, manifest says {entry.bytes}")
+        elif not store.has_blob(entry.sha256, entry.bytes):
+            problems.append(f"{name}: {store.url(entry.blob)} does not match its sha256 {entry.sha256[:12]}… (corrupt); "
+                            "push the expert again to repair it")
     if problems:
         raise FileNotFoundError("manifest references blobs that are not in place:\n  " + "\n  ".join(problems))
 
@@ -206,7 +258,7 @@ def save_artifact(model: CCoEModel, root: str | StorageSpec, router: RouterSpec 
     store = BlobStore(root)
     entries = stage_blobs(store, [ExpertBlob(expert_to_bytes(e)) for e in model.experts.values()], model.fingerprint)
     manifest = merge(bare_manifest(model.backbone, router=router), entries, parent=parent)
-    verify_present(manifest, store)
+    verify_present(manifest, store, [e.sha256 for e in entries.values()])
     write_manifest(store, manifest)
     return manifest
 

@@ -4,8 +4,9 @@ Sources (see `BackboneSpec`): the offline SmolLM2-135M-Instruct GGUF from the `l
 (de-quantized once and cached as safetensors), a local transformers checkpoint, a Hugging Face hub id,
 or a config alone (random weights, seeded).
 
-The fingerprint identifies the backbone's weights: sha256 over every parameter in sorted-name order
-(name, shape and float32 bytes; tied parameters once). It is computed on the weights as loaded,
+The fingerprint identifies the backbone's function: sha256 over the config fields that change the
+computation (rope_theta, norms, activations, ...) and every parameter in sorted-name order (name,
+shape and float32 bytes; tied parameters once). It is computed on the weights as loaded,
 before any cast to the runtime dtype, so an expert trained against fp32 weights is accepted by the
 same backbone served in bf16. Fingerprints of on-disk checkpoints are cached next to the ccoe cache
 keyed by the weight files' sizes and mtimes.
@@ -26,17 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ccoe.config import BackboneSpec
+from ccoe.config import BackboneSpec, cache_root
 
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
 SMOLLM2_SOURCE = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cache_root() -> Path:
-    """ccoe's local cache (de-quantized backbones, fingerprints, blobs): `$CCOE_CACHE` or ~/.cache/ccoe."""
-    return Path(os.environ.get("CCOE_CACHE", Path.home() / ".cache" / "ccoe")).expanduser()
 
 
 @dataclass
@@ -79,9 +75,38 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+# Config keys that do not change what the model computes (bookkeeping, I/O switches, token ids used by
+# tokenizers and generation, the runtime dtype and attention kernel). Every other key of the config's
+# diff against its class defaults (rope_theta, rms_norm_eps, hidden_act, sliding_window, multipliers,
+# ...) enters the fingerprint: two backbones with equal weights but a different `rope_theta` compute
+# different functions, and an expert trained on one is wrong on the other.
+_NON_COMPUTATIONAL_CONFIG = frozenset({
+    "architectures", "transformers_version", "dtype", "torch_dtype", "use_cache", "output_attentions",
+    "output_hidden_states", "return_dict", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
+    "decoder_start_token_id", "tokenizer_class", "id2label", "label2id", "problem_type",
+    "task_specific_params", "finetuning_task", "prefix",
+})
+FINGERPRINT_VERSION = "2"
+
+
+def computation_config(model: nn.Module) -> dict:
+    """The config fields that change the backbone's function: the diff against the class defaults, less
+    `_NON_COMPUTATIONAL_CONFIG` and private keys. The diff (not the full dict) keeps fingerprints stable
+    when a transformers release adds a new key at its default value."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return {}
+    fields = config.to_diff_dict()
+    fields["model_type"] = config.model_type
+    return {k: v for k, v in fields.items() if k not in _NON_COMPUTATIONAL_CONFIG and not k.startswith("_")}
+
+
 def fingerprint_model(model: nn.Module) -> str:
-    """sha256 over (name, shape, float32 bytes) of every parameter in sorted-name order."""
+    """sha256 over the computation config (`computation_config`, sorted JSON) and (name, shape, float32
+    bytes) of every parameter in sorted-name order."""
     digest = hashlib.sha256()
+    digest.update(f"ccoe-fingerprint/{FINGERPRINT_VERSION}\n".encode())
+    digest.update(json.dumps(computation_config(model), sort_keys=True, default=str).encode() + b"\n")
     for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
         tensor = param.detach().to("cpu", torch.float32).contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}\n".encode())
@@ -89,14 +114,15 @@ def fingerprint_model(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _weight_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"})
+def _fingerprinted_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in {".safetensors", ".bin", ".gguf"} or p.name == "config.json")
 
 
 def _cached_fingerprint(directory: Path, model: nn.Module) -> str:
-    """Fingerprint of a checkpoint directory, cached by (path, file sizes, mtimes)."""
-    files = _weight_files(directory)
-    key_src = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    """Fingerprint of a checkpoint directory, cached by (fingerprint version, path, file sizes, mtimes of
+    the weight files and config.json)."""
+    files = _fingerprinted_files(directory)
+    key_src = json.dumps([FINGERPRINT_VERSION, *([str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files)])
     key = hashlib.sha256(key_src.encode()).hexdigest()
     entry = cache_root() / "fingerprints" / f"{key}.txt"
     if entry.is_file():
@@ -198,8 +224,10 @@ def _from_pretrained(location: str, spec: BackboneSpec):
 
     kwargs = {"revision": spec.revision} if spec.revision else {}
     try:
+        # safetensors only and no remote code: a checkpoint is untrusted input, and `.bin` weights are pickles.
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype="auto", attn_implementation=spec.attn_implementation, **kwargs
+            location, dtype="auto", attn_implementation=spec.attn_implementation, use_safetensors=True,
+            trust_remote_code=False, **kwargs
         )
     except OSError as err:
         raise OSError(

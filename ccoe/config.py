@@ -10,11 +10,14 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+# `\A`/`\Z`, not `^`/`$`: `$` also matches before a final "\n", so "law\n" passed as a name. Anchored at
+# both ends, the pattern covers the whole string under match, search and fullmatch alike.
+NAME_PATTERN = re.compile(r"\A[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
 
 Strategy = Literal["top", "global", "front-back", "middle", "explicit"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -22,7 +25,7 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 def check_name(name: str, what: str = "expert name") -> str:
     """A plain identifier (letters, digits, `_`, `-`; no `/`, `..` or spaces): names become file keys."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ValueError(
             f"invalid {what} {name!r}: use a plain identifier of at most 64 characters "
             "(letters, digits, '_' or '-', not starting with a digit or '-'; no '/', '..' or spaces)"
@@ -30,10 +33,18 @@ def check_name(name: str, what: str = "expert name") -> str:
     return name
 
 
-class Spec(BaseModel):
-    """Base for every config model: strict fields and YAML round trips."""
+def cache_root() -> Path:
+    """ccoe's local cache (de-quantized backbones, fingerprints, blobs, blob checks): `$CCOE_CACHE` or ~/.cache/ccoe."""
+    return Path(os.environ.get("CCOE_CACHE", Path.home() / ".cache" / "ccoe")).expanduser()
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Spec(BaseModel):
+    """Base for every config model: strict fields and YAML round trips.
+
+    Validation errors name the field and the problem but never echo the value: a config can hold a URI
+    with credentials, and errors end up in logs and flow-run states."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -260,13 +271,60 @@ def mlflow_artifact_root(tracking_uri: str | None, artifact_location: str | None
     return None if tracking_uri else (Path(root).resolve() / "artifacts").as_uri()
 
 
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with any `user:password@` removed: safe to print, log or store."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # IPv6 literal
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def tracking_uri_without_credentials(uri: str | None, env: dict[str, str] | None = None) -> str | None:
+    """Move `user:password@` out of an MLflow tracking URI into MLFLOW_TRACKING_USERNAME/PASSWORD.
+
+    Why: a URI is logged as a run param, saved in job.yaml artifacts and printed by MLflow ("View
+    experiment at ..."); the environment is where MLflow's client reads credentials from, and child
+    processes (training jobs) inherit it. So credentials given in a URI never reach any spec, log or
+    store. Conflicting credentials already in the environment are an error, not a silent choice.
+    """
+    if not uri:
+        return uri
+    env = os.environ if env is None else env
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    given = dict(zip(CREDENTIAL_ENV, (unquote(parts.username or ""), unquote(parts.password or ""))))
+    for var, value in given.items():
+        if env.get(var, value) != value:
+            raise ValueError(
+                f"tracking URI {redact_uri(uri)} carries credentials that differ from ${var}; "
+                "give credentials in one place (preferably MLFLOW_TRACKING_USERNAME/PASSWORD, not the URI)"
+            )
+    env.update({var: value for var, value in given.items() if value})
+    return redact_uri(uri)
+
+
 class TrackingSpec(Spec):
-    """Where MLflow runs go. Default: a local sqlite file and a local artifact folder under `root`."""
+    """Where MLflow runs go. Default: a local sqlite file and a local artifact folder under `root`.
+
+    Credentials in `tracking_uri` are moved into the environment on parse (tracking_uri_without_credentials).
+    """
 
     tracking_uri: str | None = None
     experiment: str = "ccoe-experts"
     artifact_location: str | None = None
     root: str = "mlruns"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _credentials(cls, value: str | None) -> str | None:
+        return tracking_uri_without_credentials(value)
 
 
 class ExpertJobSpec(Spec):
@@ -293,6 +351,16 @@ class StorageSpec(Spec):
     access_key_env: str = "AWS_ACCESS_KEY_ID"
     secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
 
+    @field_validator("uri", "endpoint_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value and redact_uri(value) != value:
+            raise ValueError(
+                f"{redact_uri(value)} carries credentials in the URI; a storage spec is saved in every manifest, so "
+                "give the keys in the environment variables named by access_key_env/secret_key_env instead"
+            )
+        return value
+
 
 class RegistrySpec(Spec):
     """The MLflow model registry that holds CCoE manifests as model versions."""
@@ -303,6 +371,11 @@ class RegistrySpec(Spec):
     artifact_location: str | None = None
     root: str = "mlruns"
     max_merge_retries: int = Field(3, ge=0)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _credentials(cls, value: str | None) -> str | None:
+        return tracking_uri_without_credentials(value)
 
     @field_validator("model_name")
     @classmethod
@@ -415,7 +488,7 @@ def load_pipeline(path: str | Path, env: dict[str, str] | None = None) -> Pipeli
     """
     env = os.environ if env is None else env
     spec = load_yaml(PipelineSpec, path)
-    uri, storage = env.get("CCOE_TRACKING_URI"), {}
+    uri, storage = tracking_uri_without_credentials(env.get("CCOE_TRACKING_URI")), {}
     for var, field in (("CCOE_STORAGE_URI", "uri"), ("CCOE_S3_ENDPOINT_URL", "endpoint_url"), ("CCOE_S3_REGION", "region")):
         if env.get(var):
             storage[field] = env[var]

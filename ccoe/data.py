@@ -1,18 +1,25 @@
 """Domain data: records -> (prompt, response) examples -> token ids with response-only labels.
 
-Records come from a local file or folder (jsonl/json/parquet/csv, read with HF `datasets`), a hub
-dataset name (the real `datasets.load_dataset` path), or in-memory rows. The split into train and
-validation is a pure function of each example's content (sha256), so it is deterministic, needs no
-shuffling state, and an example keeps its side when others are added. The data fingerprint hashes
-the examples in order: it is the lineage key logged with every expert.
+Records come from local files (jsonl/json/parquet/csv: one file, a folder or a glob), a hub dataset
+name (the real `datasets.load_dataset` path), or in-memory rows. Local files are parsed here, not by
+`datasets`: its loaders copy every file into the HF cache, leave lock files there when a load fails,
+and report a bad line as a long chained traceback (or a bare StopIteration for an empty file). Parsed
+here, a file is read once, nothing is written, and every problem is one `DataError` naming the file and
+line. The split into train and validation is a pure function of each example's content (sha256), so
+it is deterministic, needs no shuffling state, and an example keeps its side when others are added.
+The data fingerprint hashes the examples in order: it is the lineage key logged with every expert.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
+import itertools
 import json
+import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +29,24 @@ from ccoe.config import DataSpec
 
 IGNORE_INDEX = -100
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+CHARS_PER_TOKEN = 32
+
+
+class DataError(ValueError):
+    """Data that cannot become examples: one line that names the file and line (or row) and what to fix.
+
+    Raised `from None`: the parser's own traceback says nothing the message does not.
+    """
+
+
+class Record(dict):
+    """One row as a plain dict, plus `origin` (file and line, or row), so an error can point at it."""
+
+    __slots__ = ("origin",)
+
+    def __init__(self, fields: dict | Iterable[tuple[str, object]], origin: str):
+        super().__init__(fields)
+        self.origin = origin
 
 
 @dataclass(frozen=True)
@@ -30,7 +55,7 @@ class Example:
     response: str
 
 
-def _local_files(source: str) -> tuple[str, list[str]] | None:
+def _local_files(source: str) -> tuple[str, list[Path]] | None:
     path = Path(source).expanduser()
     if path.is_file():
         files = [path]
@@ -47,52 +72,175 @@ def _local_files(source: str) -> tuple[str, list[str]] | None:
     kinds = {_FORMATS.get(p.suffix) for p in files}
     if None in kinds or len(kinds) != 1:
         raise ValueError(f"data files must all be one of {sorted(_FORMATS)}; got {[p.name for p in files]}")
-    return kinds.pop(), [str(p) for p in files]
+    return kinds.pop(), files
 
 
-def load_records(spec: DataSpec) -> list[dict]:
-    """Rows of the configured source as plain dicts, in a stable order."""
+def _decode(raw: bytes, path: Path, line: int) -> str:
+    """`raw` (starting at `line` of `path`) as UTF-8 text, the encoding `datasets` assumed as well."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        where = line + raw.count(b"\n", 0, err.start)
+        raise DataError(f"data file {path} line {where}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+
+
+def _json_error(err: ValueError) -> str:
+    """The parser's reason; a ValueError that is no JSONDecodeError is an integer past Python's digit limit."""
+    return f"{err.msg}: column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
+
+
+def _json_record(value, origin: str) -> Record:
+    if not isinstance(value, dict):
+        raise DataError(f"{origin}: expected a JSON object (one row with named fields), got {type(value).__name__}")
+    return Record(value, origin)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of `path`, a leading byte order mark dropped."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            text = _decode(raw, path, number)
+            yield number, text.removeprefix("\ufeff") if number == 1 else text
+
+
+def _json_rows(path: Path) -> Iterator[Record]:
+    """JSON Lines, or one JSON array of objects: the two shapes `datasets` read, whatever the suffix.
+
+    A file whose first character is `[` is an array (read whole, as `datasets` did); any other file is
+    read a line at a time, so a bad line is reported with its number and nothing after it is parsed.
+    """
+    with path.open("rb") as f:
+        is_array = f.read(64).removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"[")
+    if is_array:
+        try:
+            rows = json.loads(_decode(path.read_bytes(), path, 1).removeprefix("\ufeff"))
+        except ValueError as err:
+            raise DataError(f"data file {path} line {getattr(err, 'lineno', 1)}: invalid JSON ({_json_error(err)})") from None
+        for number, value in enumerate(rows, 1):
+            yield _json_record(value, f"data file {path} row {number}")
+        return
+    for number, text in _lines(path):
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text.rstrip("\r\n"))
+        except ValueError as err:
+            raise DataError(
+                f"data file {path} line {number}: invalid JSON ({_json_error(err)}); "
+                "JSON Lines hold one JSON object per line (or the file is one JSON array of objects)"
+            ) from None
+        yield _json_record(value, f"data file {path} line {number}")
+
+
+def _csv_rows(path: Path) -> Iterator[Record]:
+    """Rows under the header line, cells as the text written there; an empty cell is a missing value.
+
+    No type guessing (pandas, under `datasets`, turned "007" into 7 and "NA" into a missing value):
+    prompts and responses are text, and a template renders a cell exactly as written. Python's csv
+    module refuses cells over 131072 characters (its guard against an unclosed quote swallowing the
+    rest of the file); such a file is reported, and .jsonl or .parquet carry longer texts.
+    """
+    reader = csv.reader(text for _, text in _lines(path))
+    try:
+        header = next((cells for cells in reader if cells), None)
+        for cells in reader:
+            origin = f"data file {path} line {reader.line_num}"
+            if len(cells) > len(header):
+                raise DataError(f"{origin}: {len(cells)} cells, but the header line names {len(header)} columns")
+            if cells:
+                yield Record(itertools.zip_longest(header, [cell if cell != "" else None for cell in cells]), origin)
+    except csv.Error as err:
+        raise DataError(f"data file {path} line {reader.line_num}: invalid CSV ({err})") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[Record]:
+    """Rows batch by batch, read with pyarrow directly, so nothing is copied into the HF cache."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    number = 0
+    try:
+        for batch in pq.ParquetFile(path).iter_batches():
+            for row in batch.to_pylist():
+                number += 1
+                yield Record(row, f"data file {path} row {number}")
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(f"data file {path}: not a readable Parquet file ({err})") from None
+
+
+_READERS = {"json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}
+
+
+def _file_rows(kind: str, files: Iterable[Path]) -> Iterator[Record]:
+    """The rows of every file in turn; a file without rows is an error (a truncated export, a wrong path)."""
+    for path in files:
+        empty = True
+        for record in _READERS[kind](path) if path.stat().st_size else ():
+            empty = False
+            yield record
+        if empty:
+            raise DataError(f"data file {path} holds no rows; fill it or remove it from the data source")
+
+
+def load_records(spec: DataSpec) -> list[Record]:
+    """Rows of the configured source as dicts, in a stable order; reading stops after `limit` rows."""
     if spec.records is not None:
-        rows = [dict(r) for r in spec.records]
+        rows: Iterable[Record] = (Record(r, f"data records[{i}]") for i, r in enumerate(spec.records))
+    elif (local := _local_files(spec.source)) is not None:
+        rows = _file_rows(*local)
     else:
         import datasets
 
-        local = _local_files(spec.source)
-        if local is not None:
-            kind, files = local
-            dataset = datasets.load_dataset(kind, data_files=files, split="train")
-        else:
-            try:
-                dataset = datasets.load_dataset(spec.source, spec.subset, split=spec.split)
-            except Exception as err:  # datasets raises many types for an unreachable or unknown hub name
-                raise FileNotFoundError(
-                    f"data source {spec.source!r} is neither a local file/folder nor a loadable hub dataset: {err}"
-                ) from None
-        rows = [dict(r) for r in dataset]
-    return rows[: spec.limit] if spec.limit else rows
+        try:
+            dataset = datasets.load_dataset(spec.source, spec.subset, split=spec.split)
+        except Exception as err:  # datasets raises many types for an unreachable or unknown hub name
+            raise FileNotFoundError(
+                f"data source {spec.source!r} is neither a local file/folder nor a loadable hub dataset: {err}"
+            ) from None
+        rows = (Record(r, f"hub dataset {spec.source} ({spec.split}) row {i}") for i, r in enumerate(dataset, 1))
+    return list(itertools.islice(rows, spec.limit))
 
 
-def _fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+def _template_fields(template: str, setting: str) -> list[str]:
+    """Row fields a template reads; `{q}`, `{q.x}` and `{q[0]}` all read the field `q`."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise DataError(f"{setting} is not a valid str.format template: {err}") from None
+    names = {re.split(r"[.\[]", name, maxsplit=1)[0] for _, name, _, _ in parsed if name is not None}
+    if any(name == "" or name.isdecimal() for name in names):
+        raise DataError(f"{setting} has a positional field ('{{}}' or '{{0}}'); name a row field, e.g. '{{question}}'")
+    return sorted(names)
 
 
-def _render(record: dict, row: int, field: str, template: str | None) -> str:
-    names = _fields(template) if template else [field]
-    missing = [n for n in names if n not in record or record[n] is None]
+def _render(record: dict, origin: str, setting: str, needed: list[str], template: str | None) -> str:
+    missing = [name for name in needed if record.get(name) is None]
     if missing:
-        raise ValueError(f"data row {row} is missing required field {missing[0]!r} (row has fields: {sorted(record)})")
-    return template.format(**record) if template else str(record[field])
+        present = sorted(name for name, value in record.items() if value is not None)
+        raise DataError(f"{origin}: {setting} needs fields {needed}, but the row has {present} (missing or null: {missing})")
+    if template is None:
+        return str(record[needed[0]])
+    try:
+        return template.format(**record)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as err:
+        raise DataError(f"{origin}: cannot render {setting}: {err}") from None
 
 
 def to_examples(records: Sequence[dict], spec: DataSpec) -> list[Example]:
-    """Map records through the templates; a missing field is an error naming the field and the row."""
-    return [
-        Example(
-            prompt=_render(r, i, spec.prompt_field, spec.prompt_template),
-            response=_render(r, i, spec.response_field, spec.response_template),
-        )
-        for i, r in enumerate(records)
-    ]
+    """Map records through the templates; a missing field is an error naming the row, the fields the
+    template needs and the fields the row has. Rows from `load_records` are named by file and line."""
+    sides = []
+    for role, field, template in (
+        ("prompt", spec.prompt_field, spec.prompt_template), ("response", spec.response_field, spec.response_template),
+    ):
+        setting = f"{role}_template {template!r}" if template else f"{role}_field {field!r}"
+        sides.append((setting, _template_fields(template, setting) if template else [field], template or None))
+    examples = []
+    for i, record in enumerate(records):
+        origin = getattr(record, "origin", f"data records[{i}]")
+        prompt, response = (_render(record, origin, *side) for side in sides)
+        examples.append(Example(prompt=prompt, response=response))
+    return examples
 
 
 def data_fingerprint(examples: Sequence[Example]) -> str:
@@ -137,9 +285,17 @@ def encode_example(example: Example, tokenizer, spec: DataSpec) -> dict[str, lis
     The prompt goes through the tokenizer's chat template when it has one (and `use_chat_template`).
     The response ends with EOS. Too long: the response keeps at least half of `max_length`, the
     prompt is cut from the left (its end, next to the answer, matters most).
+
+    Before tokenising, each side is cut to CHARS_PER_TOKEN * max_length characters: the prompt's end
+    and the response's start, the parts truncation keeps. Tokenising costs time and memory in the
+    length of the text (a 50 MB line peaked at 6.8 GB), yet at most `max_length` tokens of a side
+    survive. 32 characters a token is 8x the ~4 of English BPE text and above the longest tokens of
+    common vocabularies, so the cut lies far beyond the tokens kept and the ids are those of the
+    whole text; a side within the bound is tokenised as it is.
     """
-    prompt_ids = encode_prompt(tokenizer, example.prompt, spec.use_chat_template, spec.system_prompt)
-    response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"]
+    budget = CHARS_PER_TOKEN * spec.max_length
+    prompt_ids = encode_prompt(tokenizer, example.prompt[-budget:], spec.use_chat_template, spec.system_prompt)
+    response_ids = tokenizer(example.response[:budget], add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
     limit = spec.max_length

@@ -188,7 +188,7 @@ def apply_decision(spec: PipelineSpec, evaluation: Evaluation, run_id: str | Non
         tags[registry.STATUS_TAG] = "rejected"
     registry.tag_version(spec.registry, evaluation.version, tags)
     if decision.promote:
-        registry.set_alias(spec.registry, "champion", evaluation.version)
+        registry.advance_alias(spec.registry, "champion", evaluation.version)
 
 
 def markdown_report(evaluation: Evaluation) -> str:

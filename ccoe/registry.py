@@ -6,13 +6,21 @@ manifest names; a version is registered only after every blob it references is v
 Aliases: `candidate` (the latest merge) and `champion` (promoted by the gated evaluation).
 
 Racing merges. Each version is created with a `ccoe.parent` tag (the version its manifest was
-merged from; 0 for none). MLflow numbers versions atomically, so validity is decidable after the
-fact: version V is valid iff it is not tagged `ccoe.status` = `superseded` or `rejected` and no valid
-version W has parent(V) < W < V. A merge whose new version is invalid (someone else published on
-top of the same base in between, e.g. a concurrent merge or a candidate still under evaluation)
-tags it `superseded`, re-applies its pops and pushes on the newest valid version and registers
-again, up to `max_merge_retries` times: no expert is lost. The gated evaluation tags a candidate it
-refuses `rejected`, so later merges from the champion do not build on it.
+merged from; 0 for none) and becomes visible to other merges only once tagged `ccoe.published`
+(the commit point, set right after creation): a merge that crashed between creating a version and
+publishing it leaves an orphan that no later merge builds on. MLflow numbers versions atomically, so
+validity is decidable after the fact: a published version V is valid iff it is not tagged
+`ccoe.status` = `superseded` or `rejected` and no valid version W has parent(V) < W < V. A merge
+whose new version is invalid (someone else published on top of the same base in between, e.g. a
+concurrent merge or a candidate still under evaluation) tags it `superseded`, re-applies its pops
+and pushes on the newest valid version and registers again, up to `max_merge_retries` times: no
+expert is lost. The gated evaluation tags a candidate it refuses `rejected`, so later merges from
+the champion do not build on it.
+
+Aliases only move forward (`advance_alias`). MLflow has no compare-and-swap on aliases, so a writer
+first tags its version `ccoe.alias.<alias>` (a request), then sets the alias to the newest requested
+version and re-reads it until it sees that value: whichever writer sets last has seen every request
+made before its own check, so a slow writer can put back an older version only briefly, never finally.
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ from ccoe.generation import generate_text
 from ccoe.storage import BlobStore
 
 ENTRY_FILE = Path(__file__).resolve().parent / "pyfunc_entry.py"
-PARENT_TAG, STATUS_TAG = "ccoe.parent", "ccoe.status"
+PARENT_TAG, STATUS_TAG, PUBLISHED_TAG = "ccoe.parent", "ccoe.status", "ccoe.published"
 RETIRED = ("superseded", "rejected")
+ALIAS_REQUEST_PREFIX = "ccoe.alias."
+_ALIAS_ROUNDS = 20
 
 
 def tracking_uri(spec: RegistrySpec) -> str:
@@ -113,11 +123,12 @@ def _versions(spec: RegistrySpec) -> list:
 
 
 def valid_versions(spec: RegistrySpec) -> list[int]:
-    """Versions that no concurrent merge overtook (see the module docstring), ascending."""
+    """Published versions that no concurrent merge overtook (see the module docstring), ascending."""
     valid: list[int] = []
     for mv in _versions(spec):
         version, parent = int(mv.version), int(mv.tags.get(PARENT_TAG, "0"))
-        if mv.tags.get(STATUS_TAG) not in RETIRED and not any(parent < w < version for w in valid):
+        published = mv.tags.get(PUBLISHED_TAG) == "true"
+        if published and mv.tags.get(STATUS_TAG) not in RETIRED and not any(parent < w < version for w in valid):
             valid.append(version)
     return valid
 
@@ -206,21 +217,20 @@ def merge_and_register(
     unknown = [p for p in pops if p not in (base.manifest if base else bare).experts]
     if unknown:
         raise KeyError(f"cannot pop {unknown}: the base version has {sorted((base.manifest if base else bare).experts)}; nothing was written")
+    _check_base(base.manifest if base else bare, bare, store)  # before any upload: a refused merge writes nothing
     before = store.bytes_written
     pushes: dict[str, ExpertEntry] = stage_blobs(store, blobs, bare.backbone.fingerprint)
     for attempt in range(1, spec.max_merge_retries + 2):
         parent_manifest = base.manifest if base else bare
-        if parent_manifest.backbone.fingerprint != bare.backbone.fingerprint:
-            raise ValueError("the registered model is built on a different backbone than this merge; use another model name")
-        if parent_manifest.storage not in (None, store.spec):
-            raise ValueError(f"the registered model keeps its blobs at {parent_manifest.storage.uri}, not {store.spec.uri}")
+        _check_base(parent_manifest, bare, store)
         manifest = merge(parent_manifest, pushes, [p for p in pops if p in parent_manifest.experts],
                          router=router, parent=base.version if base else None)
         manifest = manifest.model_copy(update={"storage": manifest.storage or store.spec})
-        verify_present(manifest, store)
+        verify_present(manifest, store, [e.sha256 for e in pushes.values()])
         version = _register(spec, manifest, _tags(manifest, base.version if base else None, pushes, pops))
+        client(spec).set_model_version_tag(spec.model_name, str(version), PUBLISHED_TAG, "true")
         if version in valid_versions(spec):
-            _advance_alias(spec, alias, version)
+            advance_alias(spec, alias, version)
             return MergeResult(version, manifest, store.bytes_written - before, attempt)
         client(spec).set_model_version_tag(spec.model_name, str(version), STATUS_TAG, "superseded")
         base = _newest_valid(spec)
@@ -230,11 +240,33 @@ def merge_and_register(
     )
 
 
-def _advance_alias(spec: RegistrySpec, alias: str, version: int) -> None:
-    """Point `alias` at `version` unless a concurrent merge already moved it to a newer version."""
-    current = get_alias_version(spec, alias)
-    if current is None or current < version:
-        set_alias(spec, alias, version)
+def _check_base(parent: Manifest, bare: Manifest, store: BlobStore) -> None:
+    if parent.backbone.fingerprint != bare.backbone.fingerprint:
+        raise ValueError(
+            f"the registered model is built on backbone {parent.backbone.fingerprint[:12]}…, this merge on "
+            f"{bare.backbone.fingerprint[:12]}…; use another model name (nothing was written)"
+        )
+    if parent.storage not in (None, store.spec):
+        raise ValueError(f"the registered model keeps its blobs at {parent.storage.uri}, not {store.spec.uri} (nothing was written)")
+
+
+def advance_alias(spec: RegistrySpec, alias: str, version: int) -> int:
+    """Move `alias` forward to `version`, never backward; returns the version the alias ends on.
+
+    See the module docstring: request first (a version tag), then set the newest requested version
+    and re-read until the alias shows it. An alias already past every request (moved forward by hand)
+    is left where it is.
+    """
+    check_name(alias, "alias")
+    mlc = client(spec)
+    mlc.set_model_version_tag(spec.model_name, str(version), f"{ALIAS_REQUEST_PREFIX}{alias}", "requested")
+    for _ in range(_ALIAS_ROUNDS):
+        target = max(int(mv.version) for mv in _versions(spec) if mv.tags.get(f"{ALIAS_REQUEST_PREFIX}{alias}") == "requested")
+        current = get_alias_version(spec, alias)
+        if current is not None and current >= target:
+            return current
+        set_alias(spec, alias, target)
+    raise RuntimeError(f"alias {alias!r} of {spec.model_name!r} kept moving for {_ALIAS_ROUNDS} rounds; run again")
 
 
 def get_alias_version(spec: RegistrySpec, alias: str) -> int | None:
@@ -250,6 +282,7 @@ def _newest_valid(spec: RegistrySpec) -> RegisteredManifest | None:
 
 
 def set_alias(spec: RegistrySpec, alias: str, version: int) -> None:
+    """Point `alias` at `version` unconditionally (a deliberate roll-back); pipelines use `advance_alias`."""
     client(spec).set_registered_model_alias(spec.model_name, alias, str(version))
 
 

@@ -34,9 +34,12 @@ def train_job_remote(job: ExpertJobSpec, deployment: str, gpu_job_variable: str 
     return run.state.result()
 
 
-@flow(name="train-expert", persist_result=True)
+@flow(name="train-expert", persist_result=True, result_serializer="json")
 def train_expert_flow(job: ExpertJobSpec) -> dict:
-    """The `train-expert` deployment: one expert job in this flow run's process."""
+    """The `train-expert` deployment: one expert job in this flow run's process.
+
+    Its result is persisted (the parent reads it back through `run_deployment`) as JSON, never with
+    Prefect's default pickle serializer: result storage is shared, so a result is untrusted input."""
     from dataclasses import asdict
 
     return asdict(train_expert(job))

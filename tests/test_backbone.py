@@ -58,3 +58,16 @@ def test_spec_validation():
         BackboneSpec(source="some/dir", config={"model_type": "llama"})
     with pytest.raises(ValueError, match="extra"):
         BackboneSpec(source="x", dtyp="float32")
+
+
+def test_the_fingerprint_covers_the_config_that_changes_the_computation():
+    """Equal weights with a different rope_theta compute a different function: an expert trained on one
+    backbone is wrong on the other, so their fingerprints differ. Runtime choices (attention kernel,
+    dtype) and token ids do not change the fingerprint."""
+    base = load_backbone(tiny_spec("llama"))
+    other_rope = load_backbone(tiny_spec("llama", rope_theta=500000.0))
+    assert all(torch.equal(a, b) for a, b in zip(base.model.parameters(), other_rope.model.parameters()))
+    assert other_rope.fingerprint != base.fingerprint
+    assert load_backbone(tiny_spec("llama", rms_norm_eps=1e-5)).fingerprint != base.fingerprint
+    same = tiny_spec("llama", eos_token_id=2).model_copy(update={"attn_implementation": "eager", "dtype": "bfloat16"})
+    assert load_backbone(same).fingerprint == base.fingerprint

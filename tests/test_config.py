@@ -1,8 +1,10 @@
 """Config loading: services from CCOE_* variables override a config file's embedded defaults."""
 
+import re
+
 import pytest
 
-from ccoe.config import load_pipeline
+from ccoe.config import ExpertSpec, check_name, load_pipeline
 
 
 def test_service_variables_point_a_config_at_real_services():
@@ -22,3 +24,16 @@ def test_without_service_variables_the_file_is_taken_as_written():
 def test_a_missing_config_file_is_one_clear_error():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_pipeline("configs/no-such.yaml", {})
+
+
+def test_a_name_with_a_trailing_newline_is_rejected():
+    assert check_name("law") == "law"
+    for name in ("law\n", "law\r\n", "\nlaw", "law\n\n"):
+        with pytest.raises(ValueError) as err:
+            check_name(name)
+        assert str(err.value) == (
+            f"invalid expert name {name!r}: use a plain identifier of at most 64 characters "
+            "(letters, digits, '_' or '-', not starting with a digit or '-'; no '/', '..' or spaces)"
+        )
+    with pytest.raises(ValueError, match=re.escape("invalid domain name 'law\\n'")):
+        ExpertSpec(name="law", domain="law\n")

@@ -1,9 +1,13 @@
 import json
+import re
 
 import pytest
 
 from ccoe.config import DataSpec
-from ccoe.data import IGNORE_INDEX, Example, collate, data_fingerprint, encode_example, load_records, prepare_data, split_examples, to_examples
+from ccoe.data import (
+    CHARS_PER_TOKEN, IGNORE_INDEX, DataError, Example, collate, data_fingerprint, encode_example, load_records, prepare_data,
+    split_examples, to_examples,
+)
 from transformers import AutoTokenizer
 
 ROWS = [{"question": f"what is {a} plus {b}", "answer": str(a + b), "id": i} for i, (a, b) in enumerate([(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)])]
@@ -31,10 +35,34 @@ def test_templates_and_missing_fields():
     spec = DataSpec(records=ROWS, prompt_template="Q: {question}?", response_field="answer")
     assert to_examples(ROWS, spec)[1] == Example("Q: what is 3 plus 4?", "7")
     broken = ROWS[:2] + [{"question": "x"}]
-    with pytest.raises(ValueError, match="data row 2 is missing required field 'answer'"):
+    with pytest.raises(DataError) as err:
         to_examples(broken, spec)
-    with pytest.raises(ValueError, match="missing required field 'prompt'"):
+    assert str(err.value) == "data records[2]: response_field 'answer' needs fields ['answer'], but the row has ['question'] (missing or null: ['answer'])"
+    with pytest.raises(DataError) as err:
         to_examples(ROWS, DataSpec(records=ROWS))
+    assert str(err.value) == "data records[0]: prompt_field 'prompt' needs fields ['prompt'], but the row has ['answer', 'id', 'question'] (missing or null: ['prompt'])"
+    with pytest.raises(DataError) as err:
+        to_examples(ROWS, DataSpec(records=ROWS, prompt_template="Q: {}"))
+    assert str(err.value) == "prompt_template 'Q: {}' has a positional field ('{}' or '{0}'); name a row field, e.g. '{question}'"
+    with pytest.raises(DataError) as err:
+        to_examples(ROWS, DataSpec(records=ROWS, prompt_template="{question}", response_template="{answer:d}"))
+    assert str(err.value) == "data records[0]: cannot render response_template '{answer:d}': Unknown format code 'd' for object of type 'str'"
+
+
+def test_a_missing_field_lists_what_the_template_needs_and_what_the_row_has(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"question": "q", "context": None, "answer": "a"}) + "\n")
+    spec = DataSpec(source=str(path), prompt_template="{context}: {question}", response_field="answer")
+    with pytest.raises(DataError) as err:
+        to_examples(load_records(spec), spec)
+    assert str(err.value) == (
+        f"data file {path} line 1: prompt_template '{{context}}: {{question}}' needs fields ['context', 'question'], "
+        "but the row has ['answer', 'id', 'question'] (missing or null: ['context'])"
+    )
+    with pytest.raises(DataError) as err:
+        to_examples(load_records(spec)[1:], spec)
+    assert str(err.value).startswith(f"data file {path} line 2: prompt_template")
+    assert str(err.value).endswith("but the row has ['answer', 'question'] (missing or null: ['context'])")
 
 
 def test_split_is_deterministic_disjoint_and_stable():
@@ -88,3 +116,111 @@ def test_unknown_source_is_a_clear_error(monkeypatch):
         load_records(DataSpec(source="no-such-org/no-such-dataset"))
     with pytest.raises(ValueError, match="exactly one of"):
         DataSpec()
+
+
+def test_an_empty_file_is_one_error_naming_it(tmp_path):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "a.jsonl").write_text(json.dumps(ROWS[0]) + "\n")
+    (tmp_path / "shards" / "b.jsonl").write_text("")
+    (tmp_path / "header.csv").write_text("prompt,response\n")
+    for name in ("e.jsonl", "e.json", "e.csv", "e.parquet"):
+        (tmp_path / name).write_text("")
+    for path in ["shards/b.jsonl", "header.csv", "e.jsonl", "e.json", "e.csv", "e.parquet"]:
+        source = tmp_path / ("shards" if path.startswith("shards/") else path)
+        with pytest.raises(DataError) as err:
+            load_records(DataSpec(source=str(source)))
+        assert str(err.value) == f"data file {tmp_path / path} holds no rows; fill it or remove it from the data source"
+
+
+def test_invalid_data_names_the_file_the_line_and_the_parser_error(tmp_path):
+    lines = tmp_path / "d.jsonl"
+    lines.write_text(json.dumps(ROWS[0]) + "\n\n" + '{"prompt": "a", "response: }\n' + json.dumps(ROWS[1]) + "\n")
+    array = tmp_path / "d.json"
+    array.write_text('[{"prompt": "a", "response": "b"},\n {"prompt": x}]')
+    not_object = tmp_path / "n.jsonl"
+    not_object.write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n")
+    wide = tmp_path / "w.csv"
+    wide.write_text("prompt,response\na,b\nc,d,e\n")
+    latin = tmp_path / "l.jsonl"
+    latin.write_bytes(b'{"prompt": "a", "response": "b"}\n{"prompt": "caf\xe9", "response": "b"}\n')
+    expected = {
+        lines: f"data file {lines} line 3: invalid JSON (Unterminated string starting at: column 17); "
+               "JSON Lines hold one JSON object per line (or the file is one JSON array of objects)",
+        array: f"data file {array} line 2: invalid JSON (Expecting value: column 13)",
+        not_object: f"data file {not_object} line 2: expected a JSON object (one row with named fields), got list",
+        wide: f"data file {wide} line 3: 3 cells, but the header line names 2 columns",
+        latin: f"data file {latin} line 2: not UTF-8 text (invalid continuation byte); save the file as UTF-8",
+    }
+    for path, message in expected.items():
+        with pytest.raises(DataError) as err:
+            load_records(DataSpec(source=str(path)))
+        assert str(err.value) == message
+        assert err.value.__cause__ is None and (err.value.__context__ is None or err.value.__suppress_context__)
+    broken = tmp_path / "b.parquet"
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match=re.escape(f"data file {broken}: not a readable Parquet file (")):
+        load_records(DataSpec(source=str(broken)))
+
+
+def test_csv_cells_are_text_as_written_and_an_empty_cell_is_missing(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("prompt,response,id\nwhat,007,NA\nwhy,,3.50\n")
+    assert load_records(DataSpec(source=str(path))) == [
+        {"prompt": "what", "response": "007", "id": "NA"}, {"prompt": "why", "response": None, "id": "3.50"},
+    ]
+
+
+def test_loading_local_files_writes_nothing_to_the_hf_datasets_cache(tmp_path, monkeypatch):
+    import datasets
+    import pandas as pd
+
+    cache = tmp_path / "hf-datasets-cache"
+    cache.mkdir()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS))
+    pd.DataFrame(ROWS).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame(ROWS).to_parquet(tmp_path / "d.parquet")
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    for name in ("d.jsonl", "d.csv", "d.parquet"):
+        assert len(load_records(DataSpec(source=str(tmp_path / name)))) == len(ROWS)
+    with pytest.raises(DataError):
+        load_records(DataSpec(source=str(tmp_path / "bad.jsonl")))
+    assert list(cache.rglob("*")) == []
+
+
+class RecordingTokenizer:
+    """The real tokenizer, recording the length of every text it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.lengths = tokenizer, []
+
+    def __call__(self, text, **kwargs):
+        self.lengths.append(len(text))
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_huge_row_is_cut_before_tokenising_and_encodes_as_the_whole_row_would(tokenizer):
+    spec = DataSpec(records=ROWS, use_chat_template=False, max_length=16)
+    recording = RecordingTokenizer(tokenizer)
+    enc = encode_example(Example("what is " * 100_000 + "two plus three", "five six seven " * 100_000), recording, spec)
+    assert len(recording.lengths) == 2 and max(recording.lengths) <= CHARS_PER_TOKEN * 16
+    prompt = tokenizer("is what is what is two plus three")["input_ids"]
+    response = tokenizer("five six seven five six seven five six", add_special_tokens=False)["input_ids"]
+    assert enc == {"input_ids": prompt + response, "labels": [IGNORE_INDEX] * 8 + response}
+
+
+def test_a_normal_row_encodes_exactly_as_before(tokenizer):
+    example = Example("what is the sum of two and three", "five")
+    assert encode_example(example, tokenizer, DataSpec(records=ROWS, use_chat_template=False)) == {
+        "input_ids": [3, 4, 5, 6, 7, 8, 9, 10, 12, 2], "labels": [IGNORE_INDEX] * 8 + [12, 2]}
+    assert encode_example(example, tokenizer, DataSpec(records=ROWS, use_chat_template=False, max_length=8)) == {
+        "input_ids": [5, 6, 7, 8, 9, 10, 12, 2], "labels": [IGNORE_INDEX] * 6 + [12, 2]}
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}answer{% endif %}")
+    assert encode_example(example, tokenizer, DataSpec(records=ROWS, system_prompt="write sql query")) == {
+        "input_ids": [1, 22, 25, 26, 1, 3, 4, 5, 6, 7, 8, 9, 10, 21, 12, 2], "labels": [IGNORE_INDEX] * 14 + [12, 2]}
+    assert encode_example(example, tokenizer, DataSpec(records=ROWS, system_prompt="write sql query", max_length=10)) == {
+        "input_ids": [4, 5, 6, 7, 8, 9, 10, 21, 12, 2], "labels": [IGNORE_INDEX] * 8 + [12, 2]}

@@ -69,7 +69,7 @@ def test_one_failing_expert_does_not_stop_the_others(tmp_path, prefect_harness):
     assert summary["trained"] == ["math"] and summary["version"] == 1
     assert sorted(summary["failures"]) == ["law", "sql"]
     assert "cannot fill one batch" in summary["failures"]["sql"]
-    assert "missing required field 'response'" in summary["failures"]["law"]
+    assert "the row has ['prompt'] (missing or null: ['response'])" in summary["failures"]["law"]
 
 
 def test_merge_reads_a_blob_trained_on_another_node_from_its_mlflow_run(tmp_path):
