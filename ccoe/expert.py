@@ -107,9 +107,24 @@ class BlobInfo:
     path: str
 
 
+def _canonical_header(data: bytes) -> bytes:
+    """`data` (safetensors bytes) with its JSON header re-written with sorted keys, compact, padded to 8.
+
+    Why: safetensors writes `__metadata__` in hash-map order, which varies from process to process, so
+    one unchanged expert got a different sha256 on every save and content addressing never
+    de-duplicated. Tensor offsets are relative to the data section, which is left as it is (its
+    layout is already a function of the tensors alone).
+    """
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + length :]
+
+
 def expert_to_bytes(expert: Expert) -> bytes:
+    """The expert's blob: identical bytes (and sha256) for identical content in any process."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in expert.tensors().items()}
-    return save_safetensors_bytes(tensors, metadata=expert.metadata())
+    return _canonical_header(save_safetensors_bytes(tensors, metadata=expert.metadata()))
 
 
 def save_expert(expert: Expert, path: str | Path) -> BlobInfo:

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import json
 
 import pytest
@@ -76,3 +77,42 @@ def test_expert_names_must_be_plain_identifiers(backbone, bad):
 def test_expert_from_spec(backbone):
     expert = expert_from_spec(backbone, ExpertSpec(name="law", domain="law", layers=LayerSelection(strategy="middle", k=2)))
     assert expert.layer_indices == (1, 2) and expert.domain == "law"
+
+
+def test_the_same_expert_gives_the_same_sha256_in_two_processes(tmp_path):
+    """safetensors orders `__metadata__` by hash map: without a canonical header, each process wrote
+    different bytes for the same expert and content addressing de-duplicated nothing."""
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, sys\n"
+        "from ccoe.backbone import load_backbone\n"
+        "from ccoe.expert import create_expert, expert_to_bytes, expert_from_bytes\n"
+        "from tests.conftest import perturb, tiny_spec\n"
+        "b = load_backbone(tiny_spec('llama'))\n"
+        "data = expert_to_bytes(perturb(create_expert(b, 'law', 'law', [1, 3])))\n"
+        "assert expert_to_bytes(expert_from_bytes(data, b)) == data\n"
+        "print(hashlib.sha256(data).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+        for seed in (1, 2, 3)
+    }
+    assert len(digests) == 1 and len(digests.pop().strip()) == 64
+
+
+def test_a_pop_and_push_re_save_adds_exactly_one_blob(tmp_path):
+    from ccoe.artifact import save_artifact
+
+    backbone = load_backbone(tiny_spec("llama"))
+    model = CCoEModel(backbone)
+    for seed, name in enumerate(["math", "law", "sql"], 1):
+        model.push_expert(perturb(create_expert(backbone, name, name, [seed]), seed=seed))
+    first = save_artifact(model, str(tmp_path))
+    model.pop_expert("sql")
+    model.push_expert(perturb(create_expert(backbone, "code", "code", [0]), seed=9))
+    second = save_artifact(model, str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == sorted(
+        f"{e.sha256}.safetensors" for e in [*first.experts.values(), second.experts["code"]])
+    assert {n: second.experts[n].sha256 for n in ("math", "law")} == {n: first.experts[n].sha256 for n in ("math", "law")}
