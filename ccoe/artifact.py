@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,7 +33,7 @@ from ccoe.config import BackboneSpec, RouterSpec, Spec, StorageSpec, check_name
 from ccoe.expert import expert_from_bytes, expert_to_bytes, read_blob_metadata
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter
-from ccoe.storage import BlobStore, blob_name
+from ccoe.storage import BlobStore, StoredBlob, blob_name
 
 MANIFEST_NAME = "ccoe.json"
 MANIFEST_FORMAT = "ccoe-manifest/1"
@@ -237,6 +238,39 @@ def fetch_blob(store: BlobStore, entry: ExpertEntry, use_cache: bool = True) -> 
         tmp.write_bytes(data)
         tmp.replace(cached)
     return data
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    """What `collect_garbage` found: blobs nothing references (removed unless a dry run), and
+    unreferenced blobs it kept because they are younger than the grace period."""
+
+    referenced: int
+    unreferenced: tuple[StoredBlob, ...]
+    too_recent: tuple[StoredBlob, ...]
+    deleted: bool
+
+    @property
+    def reclaimable_bytes(self) -> int:
+        return sum(b.bytes for b in self.unreferenced)
+
+
+def collect_garbage(store: BlobStore, referenced: Iterable[str], *, delete: bool = False, min_age_s: float = 3600.0,
+                    now: float | None = None) -> GarbageReport:
+    """Blobs of `store` that no sha256 in `referenced` names; removed only with `delete=True`.
+
+    `referenced` must come from every manifest that may use this store (all registry versions,
+    whatever their alias or status, and every artifact folder given). Blobs younger than `min_age_s`
+    are kept: a merge uploads its blobs before it registers the version that references them.
+    """
+    keep, now = set(referenced), time.time() if now is None else now
+    stored = [b for b in store.list_blobs() if b.sha256 not in keep]
+    old = tuple(b for b in stored if now - b.modified >= min_age_s)
+    recent = tuple(b for b in stored if now - b.modified < min_age_s)
+    if delete:
+        for blob in old:
+            store.remove_blob(blob.sha256)
+    return GarbageReport(len(keep), old, recent, delete)
 
 
 # -- plain artifact folders -------------------------------------------------------------------------

@@ -171,6 +171,34 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_gc(args) -> int:
+    from ccoe.artifact import collect_garbage, read_manifest
+    from ccoe.config import RegistrySpec, StorageSpec
+    from ccoe.storage import BlobStore
+
+    if not args.model and not args.artifact:
+        print("ccoe gc: name what references the store: --model NAME (registry) and/or --artifact DIR", file=sys.stderr)
+        return 2
+    referenced: set[str] = set()
+    if args.model:
+        from ccoe import registry
+
+        for name in args.model:
+            referenced |= registry.referenced_blobs(RegistrySpec(tracking_uri=args.tracking_uri, model_name=name))
+    for folder in args.artifact or []:
+        referenced |= {entry.sha256 for entry in read_manifest(folder).experts.values()}
+    store = BlobStore(StorageSpec(uri=args.storage, endpoint_url=args.endpoint_url, region=args.region))
+    report = collect_garbage(store, referenced, delete=args.delete, min_age_s=args.min_age_hours * 3600)
+    verb = "removed" if report.deleted else "would remove (dry run; --delete to remove)"
+    for blob in report.unreferenced:
+        print(f"{verb:<8} {blob.sha256}  {blob.bytes / (1 << 20):.1f} MiB")
+    for blob in report.too_recent:
+        print(f"kept     {blob.sha256}  unreferenced but younger than {args.min_age_hours:g} h (a merge may be publishing it)")
+    print(f"{report.referenced} referenced blobs kept; {len(report.unreferenced)} unreferenced "
+          f"({report.reclaimable_bytes / (1 << 20):.1f} MiB) {'removed' if report.deleted else 'found'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ccoe", description="Collaboration of Experts: frozen backbone + layer experts")
     sub = p.add_subparsers(dest="command", required=True)
@@ -227,6 +255,17 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--expert", required=True)
     export.add_argument("--out", required=True, type=Path)
     export.set_defaults(func=_cmd_export)
+
+    gc = sub.add_parser("gc", help="remove expert blobs that no registry version and no given artifact references (dry run by default)")
+    gc.add_argument("--storage", required=True, help="blob store root: a folder or s3://bucket/prefix")
+    gc.add_argument("--endpoint-url", help="S3 endpoint (keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    gc.add_argument("--region")
+    gc.add_argument("--model", action="append", help="registered model whose versions (all of them) reference the store; repeatable")
+    gc.add_argument("--tracking-uri", help=tracking_help)
+    gc.add_argument("--artifact", action="append", help="artifact folder whose manifest references the store; repeatable")
+    gc.add_argument("--min-age-hours", type=float, default=1.0, help="keep unreferenced blobs younger than this (default 1)")
+    gc.add_argument("--delete", action="store_true", help="remove them (default: only list them)")
+    gc.set_defaults(func=_cmd_gc)
     return p
 
 

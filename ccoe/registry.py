@@ -133,6 +133,19 @@ def valid_versions(spec: RegistrySpec) -> list[int]:
     return valid
 
 
+def referenced_blobs(spec: RegistrySpec) -> set[str]:
+    """sha256 of every expert blob that any version of the model references: every version counts,
+    whatever its alias, status or publication, so garbage collection never breaks one. A version
+    whose manifest cannot be read is an error (an incomplete answer could delete a live blob)."""
+    shas: set[str] = set()
+    for mv in _versions(spec):
+        found = get_version(spec, int(mv.version))
+        if found is None:
+            raise RuntimeError(f"version {mv.version} of {spec.model_name!r} could not be read; nothing is collected")
+        shas.update(entry.sha256 for entry in found.manifest.experts.values())
+    return shas
+
+
 def load(uri: str, spec: RegistrySpec, device: str = "cpu", dtype: str | None = None, use_cache: bool = True):
     """`models:/NAME@alias` -> (CCoEModel, RuleRouter | None, Manifest), every hash and fingerprint checked."""
     name, ref = parse_uri(uri, spec)

@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import socket
+from dataclasses import dataclass
 
 import fsspec
 
@@ -30,6 +32,16 @@ _CHUNK = 8 << 20
 
 def blob_name(sha256: str) -> str:
     return f"blobs/{sha256}.safetensors"
+
+
+_BLOB_FILE = re.compile(r"([0-9a-f]{64})\.safetensors")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    bytes: int
+    modified: float  # seconds since the epoch, as the store reports it
 
 
 def storage_options(spec: StorageSpec) -> dict:
@@ -141,6 +153,26 @@ class BlobStore:
                 if not _pid_alive(int(parts[2])):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
+
+    def list_blobs(self) -> list[StoredBlob]:
+        """Every `blobs/<sha256>.safetensors` in the store (temporaries and foreign files are not blobs)."""
+        with self._explained("list", "blobs"):
+            try:
+                entries = self.fs.ls(self.path("blobs"), detail=True)
+            except FileNotFoundError:
+                return []
+        found = []
+        for entry in entries:
+            match = _BLOB_FILE.fullmatch(posixpath.basename(entry["name"]))
+            if match and entry.get("type", "file") == "file":
+                modified = entry.get("mtime") or entry.get("LastModified") or entry.get("created")
+                modified = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+                found.append(StoredBlob(match.group(1), int(entry["size"]), modified))
+        return sorted(found, key=lambda b: b.sha256)
+
+    def remove_blob(self, sha: str) -> None:
+        with self._explained("delete", blob_name(sha)):
+            self.fs.rm_file(self.path(blob_name(sha)))
 
     def put_blob(self, data: bytes) -> tuple[str, str]:
         """Store blob bytes under their sha256 unless an intact copy is there; a corrupt copy is replaced.
