@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 # `\A`/`\Z`, not `^`/`$`: `$` also matches before a final "\n", so "law\n" passed as a name. Anchored at
 # both ends, the pattern covers the whole string under match, search and fullmatch alike.
@@ -255,6 +255,32 @@ class TrainingSpec(Spec):
     seed: int = 0
 
 
+def _all_optional(model: type[Spec], name: str, doc: str) -> type[Spec]:
+    """A Spec with `model`'s fields, each optional (None = keep the base value), same constraints.
+
+    Why generated: overrides re-declared by hand drift from the spec they override (a field added to
+    TrainingSpec would silently be impossible to override), and a plain dict lets typos through."""
+    fields = {}
+    for field_name, info in model.model_fields.items():
+        annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        fields[field_name] = (annotation | None, Field(None, description=info.description))
+    return create_model(name, __base__=Spec, __doc__=doc, **fields)
+
+
+TrainingOverrides = _all_optional(
+    TrainingSpec, "TrainingOverrides",
+    "Changes to a pipeline's TrainingSpec for one expert (config `training:` of an expert, the UI's retrain form); "
+    "unset fields keep the pipeline's value, unknown fields are an error.",
+)
+
+
+def apply_overrides(training: TrainingSpec, overrides: Spec | None) -> TrainingSpec:
+    """`training` with the fields set in `overrides`, validated as a whole."""
+    if overrides is None:
+        return training
+    return TrainingSpec.model_validate({**training.model_dump(), **overrides.model_dump(exclude_none=True)})
+
+
 def mlflow_store_uri(tracking_uri: str | None, root: str) -> str:
     """The configured tracking URI, else a sqlite file under `root` (created on demand)."""
     if tracking_uri:
@@ -416,7 +442,7 @@ class ExpertPlan(Spec):
 
     expert: ExpertSpec
     data: DataSpec | None = Field(None, description="default: the domain's prepared training split")
-    training: dict[str, Any] = Field(default_factory=dict, description="overrides of the pipeline's TrainingSpec")
+    training: TrainingOverrides = Field(default_factory=TrainingOverrides, description="overrides of the pipeline's TrainingSpec")
 
 
 class PipelineSpec(Spec):
@@ -462,8 +488,7 @@ class PipelineSpec(Spec):
 
     def job(self, plan: ExpertPlan, data: DataSpec) -> ExpertJobSpec:
         """The training job of one expert: the pipeline's defaults with the plan's overrides."""
-        training = self.training.model_copy(update=plan.training) if plan.training else self.training
-        TrainingSpec.model_validate(training.model_dump())  # overrides are validated like the defaults
+        training = apply_overrides(self.training, plan.training)
         return ExpertJobSpec(
             backbone=self.backbone, expert=plan.expert, data=data, training=training, tracking=self.tracking,
             output_dir=str(Path(self.work_dir) / "experts"),

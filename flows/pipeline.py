@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
 
 from ccoe import registry
-from ccoe.config import DataSpec, PipelineSpec, load_pipeline
+from ccoe.config import DataSpec, PipelineSpec, TrainingOverrides, load_pipeline
 from ccoe.pipeline import plan_jobs, wall_split, write_spec
 from flows.evaluate import evaluate
 from flows.merge import merge
@@ -65,15 +64,6 @@ def pipeline(config: str = "configs/demo.yaml", only: list[str] | None = None) -
     return run_pipeline(load_pipeline(config), only)
 
 
-class TrainingOverrides(BaseModel):
-    """Hyper-parameters a user may change when retraining from the UI (empty = the config's value)."""
-
-    max_steps: int | None = Field(None, ge=1)
-    learning_rate: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    warmup_steps: int | None = Field(None, ge=0)
-
-
 @flow(name="retrain-expert")
 def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: str | None = None,
                    overrides: TrainingOverrides | None = None) -> dict:
@@ -82,11 +72,11 @@ def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: 
     names = [p.expert.name for p in spec.experts]
     if expert not in names:
         raise ValueError(f"unknown expert {expert!r}; {config} defines {names}")
-    changes = {k: v for k, v in (overrides or TrainingOverrides()).model_dump().items() if v is not None}
+    changes = (overrides or TrainingOverrides()).model_dump(exclude_none=True)
     plans = []
     for plan in spec.experts:
         if plan.expert.name == expert:
-            update = {"training": {**plan.training, **changes}}
+            update = {"training": TrainingOverrides.model_validate({**plan.training.model_dump(exclude_none=True), **changes})}
             if data_source:
                 update["data"] = DataSpec(source=data_source, max_length=spec.max_length, val_fraction=0.05)
             plan = plan.model_copy(update=update)
