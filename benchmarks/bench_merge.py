@@ -19,10 +19,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_runtime import K_QUARTER, spec  # noqa: E402
-from ccoe.artifact import ExpertBlob, bare_manifest  # noqa: E402
+from ccoe.artifact import ExpertBlob  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
 from ccoe.config import LayerSelection, RegistrySpec, StorageSpec  # noqa: E402
 from ccoe.expert import create_expert, expert_to_bytes  # noqa: E402
+from ccoe.manifest import bare_manifest  # noqa: E402
 from ccoe.storage import BlobStore  # noqa: E402
 
 NUM_EXPERTS = 8

@@ -1,4 +1,7 @@
-"""The `ccoe` command: prepare the offline backbone, build, inspect, route and generate from artifacts."""
+"""The `ccoe` command: prepare the offline backbone, build, inspect, route and generate from artifacts.
+
+Commands import what they need when they run: `ccoe --help`, `ccoe route` and `ccoe gc` load no tensor
+library, so they answer in well under a second."""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-import torch
 
 from ccoe.config import CCoESpec, RouterSpec, load_yaml
 
@@ -119,7 +120,7 @@ def _routes(prompts, router, model, expert, backbone_only):
 
 
 def _cmd_route(args) -> int:
-    from ccoe.artifact import read_manifest
+    from ccoe.manifest import read_manifest
     from ccoe.router import RuleRouter
 
     manifest = read_manifest(args.artifact)
@@ -133,6 +134,8 @@ def _cmd_route(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    import torch
+
     from ccoe.generation import generate_text
 
     model, router, _ = load_any(args.artifact, args.tracking_uri)
@@ -172,8 +175,8 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_gc(args) -> int:
-    from ccoe.artifact import collect_garbage, read_manifest
     from ccoe.config import RegistrySpec, StorageSpec
+    from ccoe.manifest import collect_garbage, read_manifest
     from ccoe.storage import BlobStore
 
     if not args.model and not args.artifact:

@@ -28,8 +28,7 @@ from torch import nn
 from ccoe.backbone import Backbone
 from ccoe.config import ExpertSpec, LayerSelection, check_name
 from ccoe.layers import explicit_layers, select_layers
-
-BLOB_FORMAT = "ccoe-expert/1"
+from ccoe.manifest import BLOB_FORMAT, read_blob_metadata
 
 
 class Expert(nn.Module):
@@ -139,20 +138,6 @@ def save_expert(expert: Expert, path: str | Path) -> BlobInfo:
     finally:
         tmp.unlink(missing_ok=True)
     return BlobInfo(sha256=hashlib.sha256(data).hexdigest(), num_bytes=len(data), path=str(path))
-
-
-def read_blob_metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors blob, read from its JSON header without loading tensors."""
-    if len(data) < 8:
-        raise ValueError("expert blob is truncated: fewer than 8 bytes")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise ValueError("expert blob is truncated: header runs past the end of the file")
-    header = json.loads(data[8 : 8 + header_len])
-    metadata = header.get("__metadata__") or {}
-    if metadata.get("ccoe_format") != BLOB_FORMAT:
-        raise ValueError(f"not a ccoe expert blob (ccoe_format={metadata.get('ccoe_format')!r}, expected {BLOB_FORMAT!r})")
-    return metadata
 
 
 def expert_from_bytes(data: bytes, backbone: Backbone, sha256: str | None = None) -> Expert:

@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccoe.artifact import ExpertBlob, Manifest, bare_manifest, blob_store_for, fetch_blob
+from ccoe.artifact import ExpertBlob, fetch_blob
 from ccoe.backbone import load_backbone
 from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec, mlflow_store_uri
 from ccoe.data import data_fingerprint, load_records, to_examples
@@ -24,6 +24,7 @@ from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_s
 from ccoe.evaluate import DomainScore, evaluate_domain
 from ccoe.expert import expert_from_bytes
 from ccoe.gate import GateDecision, decide, score_rows
+from ccoe.manifest import Manifest, bare_manifest, blob_store_for
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter
 from ccoe.storage import BlobStore

@@ -36,11 +36,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ccoe.artifact import (
-    MANIFEST_NAME, ExpertBlob, ExpertEntry, Manifest, blob_store_for, merge, model_from_manifest, stage_blobs, verify_present,
-)
+from ccoe.artifact import ExpertBlob, model_from_manifest, stage_blobs
 from ccoe.config import RegistrySpec, RouterSpec, check_name, mlflow_artifact_root, mlflow_store_uri
 from ccoe.generation import generate_text
+from ccoe.manifest import MANIFEST_NAME, ExpertEntry, Manifest, blob_store_for, merge, verify_present
 from ccoe.storage import BlobStore
 
 ENTRY_FILE = Path(__file__).resolve().parent / "pyfunc_entry.py"

@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import torch
 
 from ccoe.config import RouterSpec
 
@@ -51,13 +50,10 @@ class RuleRouter:
             compiled += [(re.compile(p, re.IGNORECASE), f"pattern /{p}/", rules.pattern_weight) for p in rules.patterns]
             self._rules[domain] = compiled
 
-    def mapping_matrix(self) -> torch.Tensor:
-        """M (num_experts, num_domains), rows in `self.experts` order, columns in `self.domains` order."""
-        matrix = torch.zeros(len(self.experts), len(self.domains))
-        for e, expert in enumerate(self.experts):
-            for domain, weight in self.spec.mapping[expert].items():
-                matrix[e, self.domains.index(domain)] = weight
-        return matrix
+    def mapping_matrix(self) -> list[list[float]]:
+        """M (num_experts x num_domains) as nested lists, rows in `self.experts` order, columns in
+        `self.domains` order. Plain Python: routing by rules loads no tensor library (`ccoe route` stays fast)."""
+        return [[float(self.spec.mapping[expert].get(domain, 0.0)) for domain in self.domains] for expert in self.experts]
 
     def score(self, text: str) -> tuple[dict[str, float], dict[str, list[tuple[str, float]]]]:
         scores, matches = {}, {}
@@ -77,7 +73,7 @@ class RuleRouter:
             return RouteDecision(None, None, scores, None, f"no domain reached min_score {self.spec.min_score:g} ({top}): backbone", labels)
         rule = max(matches[best], key=lambda hit: hit[1])[0]
         loaded = set(self.experts if available is None else available)
-        column = self.mapping_matrix()[:, self.domains.index(best)] if self.experts else torch.zeros(0)
+        column = [row[self.domains.index(best)] for row in self.mapping_matrix()]
         candidates = [(float(column[e]), -e, name) for e, name in enumerate(self.experts) if name in loaded and column[e] > 0]
         if not candidates:
             return RouteDecision(None, best, scores, rule, f"domain {best!r} (score {scores[best]:g}, {rule}) has no loaded expert: backbone", labels)

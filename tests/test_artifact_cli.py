@@ -5,11 +5,13 @@ import json
 import pytest
 import torch
 
-from ccoe.artifact import MANIFEST_NAME, load_artifact, read_manifest, save_artifact
+from ccoe.artifact import load_artifact, save_artifact
 from ccoe.cli import build_model, main
-from ccoe.config import CCoESpec, load_yaml
+from ccoe.config import CCoESpec, RouterSpec, load_yaml
+from ccoe.manifest import MANIFEST_NAME, read_manifest
 from tests.conftest import perturb
 from tests.test_router import ROUTER_YAML
+
 
 @pytest.fixture
 def spec_file(tmp_path, local_backbone_dir):
@@ -78,3 +80,30 @@ def test_cli_create_info_route_generate(spec_file, tmp_path, capsys):
 def test_cli_reports_a_missing_artifact(tmp_path, capsys):
     assert main(["info", "--artifact", str(tmp_path / "missing")]) == 2
     assert "no CCoE artifact" in capsys.readouterr().err
+
+
+def test_route_gc_and_help_load_no_tensor_library(spec_file, tmp_path):
+    """`ccoe route` took 5-7 s because importing the router imported torch; it loads no model, so it
+    must not import torch at all (then it answers in a fraction of a second)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "artifact"
+    save_artifact(build_model(load_yaml(CCoESpec, spec_file)), str(folder), router=load_yaml(RouterSpec, ROUTER_YAML))
+    script = (
+        "import sys, contextlib, io\n"
+        "from ccoe.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        f"    assert main(['route', '--artifact', {str(folder)!r}, 'what is the sum of two and three']) == 0\n"
+        f"    assert main(['gc', '--storage', {str(folder)!r}, '--artifact', {str(folder)!r}]) == 0\n"
+        "    try:\n"
+        "        main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert '\"expert\": \"math\"' in out.getvalue(), out.getvalue()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'mlflow')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

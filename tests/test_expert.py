@@ -1,13 +1,14 @@
 import hashlib
-import os
 import json
+import os
 
 import pytest
 import torch
 
 from ccoe.backbone import load_backbone
 from ccoe.config import ExpertSpec, LayerSelection
-from ccoe.expert import create_expert, expert_from_bytes, expert_from_spec, expert_to_bytes, load_expert, read_blob_metadata, save_expert
+from ccoe.expert import create_expert, expert_from_bytes, expert_from_spec, expert_to_bytes, load_expert, save_expert
+from ccoe.manifest import read_blob_metadata
 from ccoe.model import CCoEModel
 from tests.conftest import perturb, tiny_spec
 

@@ -4,10 +4,10 @@ an artifact folder sharing the store: only blobs that nothing references go, and
 import pytest
 
 import ccoe.registry as registry
-from ccoe.artifact import bare_manifest, collect_garbage
 from ccoe.backbone import load_backbone
 from ccoe.cli import main
 from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec
+from ccoe.manifest import bare_manifest, collect_garbage
 from ccoe.storage import BlobStore
 from tests.test_registry import make_blob
 
@@ -47,7 +47,8 @@ def test_gc_keeps_every_blob_any_version_references_whatever_its_alias_or_status
 
 
 def test_gc_command_is_a_dry_run_unless_told_and_counts_artifact_folders(world, tmp_path, capsys):
-    from ccoe.artifact import read_manifest, save_artifact
+    from ccoe.artifact import save_artifact
+    from ccoe.manifest import read_manifest
 
     reg, store, orphan, _ = world
     model, _, _ = registry.load(f"models:/{reg.model_name}/2", reg)

@@ -14,11 +14,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import ccoe.registry as registry
-from ccoe.artifact import ExpertBlob, Manifest, bare_manifest, merge, pop, push, stage_blobs, verify_present
+from ccoe.artifact import ExpertBlob, stage_blobs
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec, RegistrySpec, RouterSpec, StorageSpec, load_yaml
 from ccoe.expert import create_expert, expert_to_bytes
 from ccoe.export import export_expert
+from ccoe.manifest import Manifest, bare_manifest, merge, pop, push, verify_present
 from ccoe.model import CCoEModel
 from ccoe.storage import BlobStore
 from tests.conftest import perturb, tiny_spec

@@ -7,9 +7,9 @@ it, so a slow writer (v2) that read before a fast one (v4) set could put the ali
 import pytest
 
 import ccoe.registry as registry
-from ccoe.artifact import bare_manifest
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec
+from ccoe.manifest import bare_manifest
 from ccoe.storage import BlobStore
 from tests.test_registry import make_blob
 

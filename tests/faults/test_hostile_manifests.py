@@ -10,10 +10,11 @@ import shutil
 import pytest
 from pydantic import ValidationError
 
-from ccoe.artifact import MANIFEST_NAME, Manifest, load_artifact, save_artifact
+from ccoe.artifact import load_artifact, save_artifact
 from ccoe.backbone import load_backbone
 from ccoe.config import cache_root
 from ccoe.expert import create_expert
+from ccoe.manifest import MANIFEST_NAME, Manifest
 from ccoe.model import CCoEModel
 from tests.conftest import perturb, tiny_spec
 

@@ -12,9 +12,9 @@ import sys
 import pytest
 
 import ccoe.registry as registry
-from ccoe.artifact import bare_manifest
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec
+from ccoe.manifest import bare_manifest
 from ccoe.storage import BlobStore
 from tests.conftest import tiny_spec
 from tests.test_registry import _blob_files, make_blob

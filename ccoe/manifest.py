@@ -1,0 +1,246 @@
+"""The CCoE manifest: what a registered version or an artifact folder holds, and pure pop-and-push.
+
+    <store>/blobs/<sha256>.safetensors   one blob per expert version: only that expert's tensors
+    ccoe.json                            the manifest (next to the blobs for a plain artifact folder;
+                                         in an MLflow model version for the registry)
+
+The manifest names the backbone (spec + fingerprint), where blobs live (`storage`; None = the
+manifest's own folder), each expert (domain, layers, sha256, bytes, backbone fingerprint, training
+run, data fingerprint, metrics), the router, and the registry version it was merged from.
+
+Pop-and-push is a pure function on manifests (`push`, `pop`, `merge`): unchanged experts keep their
+entries (and blobs) as they were, so a new version costs the new expert's bytes. This module needs no
+tensor library (pydantic + the blob store only), so reading, routing and garbage-collecting
+manifests stays fast; `ccoe.artifact` adds the tensor side (staging blobs, loading models).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ccoe.config import BackboneSpec, RouterSpec, Spec, StorageSpec, check_name
+from ccoe.storage import BlobStore, StoredBlob, blob_name
+
+if TYPE_CHECKING:
+    from ccoe.backbone import Backbone
+
+MANIFEST_NAME = "ccoe.json"
+MANIFEST_FORMAT = "ccoe-manifest/1"
+
+
+class BackboneEntry(Spec):
+    spec: BackboneSpec
+    fingerprint: str
+
+
+SHA256_PATTERN = r"[0-9a-f]{64}"
+
+
+class ExpertEntry(Spec):
+    """One expert of a manifest. Its blob's name is derived from `sha256`, never read from the manifest.
+
+    Why: a manifest is untrusted input (anyone who can register a version writes one). A `blob` path
+    such as `../../outside/evil.safetensors` would load or delete files outside the store and the
+    cache, so the hash is validated as 64 hex digits and the only path ever built is
+    `blobs/<sha256>.safetensors`. Manifests written before this rule carried a `blob` key; it is
+    accepted only when it is exactly that derived name.
+    """
+
+    domain: str
+    layers: list[int]
+    sha256: str = Field(pattern=f"^{SHA256_PATTERN}$", description="sha256 of the blob's bytes (64 lowercase hex digits)")
+    bytes: int = Field(ge=0)
+    backbone_fingerprint: str
+    run_id: str | None = None
+    data_fingerprint: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_blob(cls, data):
+        if isinstance(data, dict) and "blob" in data:
+            data = dict(data)
+            given, sha = data.pop("blob"), data.get("sha256")
+            if not (isinstance(sha, str) and re.fullmatch(SHA256_PATTERN, sha) and given == blob_name(sha)):
+                raise ValueError(
+                    f"manifest blob {given!r} is not the content address of its sha256 {sha!r}; a blob must be "
+                    "`blobs/<sha256>.safetensors` (64 lowercase hex digits): the manifest is corrupt or hostile"
+                )
+        return data
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return check_name(value, "domain name")
+
+    @property
+    def blob(self) -> str:
+        """The blob's name under the store root: `blobs/<sha256>.safetensors`."""
+        return blob_name(self.sha256)
+
+
+class Manifest(Spec):
+    format: Literal["ccoe-manifest/1"] = MANIFEST_FORMAT
+    backbone: BackboneEntry
+    storage: StorageSpec | None = None
+    experts: dict[str, ExpertEntry] = Field(default_factory=dict)
+    router: RouterSpec | None = None
+    parent: int | None = None
+
+    @field_validator("experts")
+    @classmethod
+    def _expert_names(cls, value: dict[str, ExpertEntry]) -> dict[str, ExpertEntry]:
+        for name in value:
+            check_name(name)
+        return value
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def bare_manifest(backbone: Backbone, storage: StorageSpec | None = None, router: RouterSpec | None = None) -> Manifest:
+    """The starting point of a registry: the backbone and no experts."""
+    return Manifest(backbone=BackboneEntry(spec=backbone.spec, fingerprint=backbone.fingerprint), storage=storage, router=router)
+
+
+# -- pop and push: pure functions on manifests ------------------------------------------------------
+
+
+def push(manifest: Manifest, name: str, entry: ExpertEntry) -> Manifest:
+    """Add an expert or replace the one with the same name. Pushing an identical entry changes nothing."""
+    check_name(name)
+    if entry.backbone_fingerprint != manifest.backbone.fingerprint:
+        raise ValueError(
+            f"expert {name!r} was trained on backbone {entry.backbone_fingerprint[:12]}…, but this artifact's backbone is "
+            f"{manifest.backbone.fingerprint[:12]}…; retrain it on this backbone"
+        )
+    return manifest.model_copy(update={"experts": {**manifest.experts, name: entry}})
+
+
+def pop(manifest: Manifest, name: str) -> Manifest:
+    if name not in manifest.experts:
+        raise KeyError(f"cannot pop expert {name!r}: the artifact has {sorted(manifest.experts)}")
+    return manifest.model_copy(update={"experts": {k: v for k, v in manifest.experts.items() if k != name}})
+
+
+def merge(
+    base: Manifest,
+    pushes: Mapping[str, ExpertEntry] = (),
+    pops: Iterable[str] = (),
+    router: RouterSpec | None = None,
+    parent: int | None = None,
+) -> Manifest:
+    """Pops, then pushes, then the router (if given) and the parent version. Validates everything first."""
+    pushes, pops = dict(pushes), list(pops)
+    for name in [*pushes, *pops]:
+        check_name(name)
+    result = base
+    for name in pops:
+        result = pop(result, name)
+    for name, entry in pushes.items():
+        result = push(result, name, entry)
+    update = {"parent": parent}
+    if router is not None:
+        update["router"] = router
+    return result.model_copy(update=update)
+
+
+# -- checks and reads of stored manifests and blobs --------------------------------------------------
+
+BLOB_FORMAT = "ccoe-expert/1"
+
+
+def read_blob_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors blob, read from its JSON header without loading tensors."""
+    if len(data) < 8:
+        raise ValueError("expert blob is truncated: fewer than 8 bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise ValueError("expert blob is truncated: header runs past the end of the file")
+    header = json.loads(data[8 : 8 + header_len])
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("ccoe_format") != BLOB_FORMAT:
+        raise ValueError(f"not a ccoe expert blob (ccoe_format={metadata.get('ccoe_format')!r}, expected {BLOB_FORMAT!r})")
+    return metadata
+
+
+def verify_present(manifest: Manifest, store: BlobStore, just_written: Iterable[str] = ()) -> None:
+    """Every referenced blob is in the store with its recorded size and sha256.
+
+    Blobs in `just_written` (sha256s that `stage_blobs` wrote or verified in this call) are not checked
+    again; every other blob is checked by content (`BlobStore.has_blob`: hashed once per store version,
+    so a same-size corruption is caught before a version that cannot load is published).
+    """
+    fresh, problems = set(just_written), []
+    for name, entry in manifest.experts.items():
+        if entry.sha256 in fresh:
+            continue
+        if not store.exists(entry.blob):
+            problems.append(f"{name}: {store.url(entry.blob)} is missing")
+        elif store.size(entry.blob) != entry.bytes:
+            problems.append(f"{name}: {store.url(entry.blob)} has {store.size(entry.blob)} bytes, manifest says {entry.bytes}")
+        elif not store.has_blob(entry.sha256, entry.bytes):
+            problems.append(f"{name}: {store.url(entry.blob)} does not match its sha256 {entry.sha256[:12]}… (corrupt); "
+                            "push the expert again to repair it")
+    if problems:
+        raise FileNotFoundError("manifest references blobs that are not in place:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class GarbageReport:
+    """What `collect_garbage` found: blobs nothing references (removed unless a dry run), and
+    unreferenced blobs it kept because they are younger than the grace period."""
+
+    referenced: int
+    unreferenced: tuple[StoredBlob, ...]
+    too_recent: tuple[StoredBlob, ...]
+    deleted: bool
+
+    @property
+    def reclaimable_bytes(self) -> int:
+        return sum(b.bytes for b in self.unreferenced)
+
+
+def collect_garbage(store: BlobStore, referenced: Iterable[str], *, delete: bool = False, min_age_s: float = 3600.0,
+                    now: float | None = None) -> GarbageReport:
+    """Blobs of `store` that no sha256 in `referenced` names; removed only with `delete=True`.
+
+    `referenced` must come from every manifest that may use this store (all registry versions,
+    whatever their alias or status, and every artifact folder given). Blobs younger than `min_age_s`
+    are kept: a merge uploads its blobs before it registers the version that references them.
+    """
+    keep, now = set(referenced), time.time() if now is None else now
+    stored = [b for b in store.list_blobs() if b.sha256 not in keep]
+    old = tuple(b for b in stored if now - b.modified >= min_age_s)
+    recent = tuple(b for b in stored if now - b.modified < min_age_s)
+    if delete:
+        for blob in old:
+            store.remove_blob(blob.sha256)
+    return GarbageReport(len(keep), old, recent, delete)
+
+
+def write_manifest(store: BlobStore, manifest: Manifest) -> None:
+    store.put_file(MANIFEST_NAME, manifest.to_json().encode())
+
+
+def read_manifest(root: str | StorageSpec) -> Manifest:
+    store = BlobStore(root)
+    if not store.exists(MANIFEST_NAME):
+        raise FileNotFoundError(f"no CCoE artifact at {store.spec.uri}: {MANIFEST_NAME} is missing")
+    return Manifest.model_validate_json(store.get(MANIFEST_NAME))
+
+
+def blob_store_for(manifest: Manifest, manifest_root: str | StorageSpec | None) -> BlobStore:
+    if manifest.storage is not None:
+        return BlobStore(manifest.storage)
+    if manifest_root is None:
+        raise ValueError("this manifest keeps its blobs next to itself, but no manifest folder was given")
+    return BlobStore(manifest_root)
