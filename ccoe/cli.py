@@ -98,13 +98,54 @@ def load_any(artifact: str, tracking_uri: str | None = None):
     return load_artifact(artifact)
 
 
+def read_any_manifest(artifact: str, tracking_uri: str | None = None):
+    """The manifest of an artifact folder / fsspec root or of a registry version; no tensor is loaded."""
+    if artifact.startswith("models:/"):
+        from ccoe.config import RegistrySpec
+        from ccoe.registry import get_version, parse_uri
+
+        name, ref = parse_uri(artifact, RegistrySpec())
+        found = get_version(RegistrySpec(model_name=name, tracking_uri=tracking_uri), ref, name)
+        if found is None:
+            raise KeyError(f"{artifact} does not exist in the registry")
+        return found.manifest
+    from ccoe.manifest import read_manifest
+
+    return read_manifest(artifact)
+
+
+def describe_manifest(manifest) -> dict:
+    """What a manifest says, as plain data: backbone identity, experts with their blobs, router, parent."""
+    return {
+        "backbone": {"source": manifest.backbone.spec.source, "fingerprint": manifest.backbone.fingerprint},
+        "experts": {
+            name: {"domain": e.domain, "layers": e.layers, "bytes": e.bytes, "sha256": e.sha256, "run_id": e.run_id,
+                   "data_fingerprint": e.data_fingerprint}
+            for name, e in manifest.experts.items()
+        },
+        "router_domains": sorted(manifest.router.domains) if manifest.router else None,
+        "storage": manifest.storage.uri if manifest.storage else None,
+        "parent": manifest.parent,
+    }
+
+
 def _cmd_info(args) -> int:
-    model, _, manifest = load_any(args.artifact, args.tracking_uri)
-    info = describe(model, manifest)
+    if args.load:
+        model, _, manifest = load_any(args.artifact, args.tracking_uri)
+        info = describe(model, manifest)
+    else:
+        info = describe_manifest(read_any_manifest(args.artifact, args.tracking_uri))
     if args.json:
         print(json.dumps(info, indent=2))
-    else:
+    elif args.load:
         print_info(info)
+    else:
+        mib = 1 << 20
+        print(f"backbone   {info['backbone']['source']}  fingerprint {info['backbone']['fingerprint']}")
+        for name, e in info["experts"].items():
+            print(f"expert     {name:<12} domain={e['domain']:<10} layers={e['layers']}  {e['bytes'] / mib:.1f} MiB  sha256 {e['sha256'][:12]}…")
+        print(f"router     {', '.join(info['router_domains'] or ['none'])}; parent version {info['parent'] or 'none'}"
+              " (--load for architecture and memory)")
     return 0
 
 
@@ -219,10 +260,11 @@ def parser() -> argparse.ArgumentParser:
     artifact_help = "artifact folder / fsspec root, or models:/NAME@alias from the MLflow registry"
     tracking_help = "MLflow tracking URI for models:/ artifacts (default: sqlite:///mlruns/mlflow.db)"
 
-    info = sub.add_parser("info", help="backbone, experts, layers and bytes of an artifact")
+    info = sub.add_parser("info", help="what an artifact holds (its manifest; --load for architecture and memory)")
     info.add_argument("--artifact", required=True, help=artifact_help)
     info.add_argument("--tracking-uri", help=tracking_help)
     info.add_argument("--json", action="store_true")
+    info.add_argument("--load", action="store_true", help="load the backbone and experts for architecture and memory (slow)")
     info.set_defaults(func=_cmd_info)
 
     route = sub.add_parser("route", help="explain the gate's decision for prompts (no model load)")

@@ -59,7 +59,13 @@ def test_cli_create_info_route_generate(spec_file, tmp_path, capsys):
     assert (tmp_path / "art" / MANIFEST_NAME).is_file()
     assert "with experts ['law', 'math']" in capsys.readouterr().out
 
-    assert main(["info", "--artifact", out, "--json"]) == 0
+    assert main(["info", "--artifact", out, "--json"]) == 0  # the manifest alone
+    info = json.loads(capsys.readouterr().out)
+    manifest = read_manifest(out)
+    assert info["experts"]["law"] == {"domain": "law", "layers": [0, 2], "bytes": manifest.experts["law"].bytes,
+                                      "sha256": manifest.experts["law"].sha256, "run_id": None, "data_fingerprint": None}
+    assert info["backbone"]["fingerprint"] == manifest.backbone.fingerprint and info["router_domains"] == sorted(manifest.router.domains)
+    assert main(["info", "--artifact", out, "--json", "--load"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["backbone"]["layers"] == 4 and info["experts"]["law"]["layers"] == [0, 2]
     assert info["total_bytes"] < info["ensemble_bytes"]
