@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ccoe.artifact import ExpertBlob, fetch_blob
@@ -112,25 +112,39 @@ def merge_results(spec: PipelineSpec, results: list[dict], pops: list[str] = ())
 
 
 def _expert_for(manifest: Manifest | None, domain: str) -> str | None:
+    """The expert that serves `domain` in this manifest: the one its router's mapping matrix weights
+    highest for the domain (what a routed request gets), else the domain's only expert."""
     if manifest is None:
         return None
-    names = sorted(n for n, e in manifest.experts.items() if e.domain == domain)
-    return names[0] if names else None
+    own = sorted(n for n, e in manifest.experts.items() if e.domain == domain)
+    if manifest.router is not None:
+        weights = {n: w[domain] for n, w in manifest.router.mapping.items() if n in manifest.experts and w.get(domain, 0) > 0}
+        if weights:
+            return max(sorted(weights), key=weights.__getitem__)
+    if len(own) > 1:
+        raise ValueError(f"domain {domain!r} has experts {own} and no router mapping says which one serves it")
+    return own[0] if own else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluation:
+    """Scores of one candidate version against the base and the champion, and the gate's decision."""
+
     version: int
     champion_version: int | None
     scores: dict[str, dict[str, DomainScore | None]]
     router_accuracy: float
-    retrained: list[str]
-    decision: GateDecision | None = None
-    rows: list[dict] = field(default_factory=list)
+    retrained: tuple[str, ...]
+    decision: GateDecision
+
+    @property
+    def rows(self) -> list[dict]:
+        return score_rows(self.scores)
 
 
 def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], progress: bool = False) -> Evaluation:
-    """Scores of base, champion and candidate per domain; experts shared by both are scored once."""
+    """Scores of base, champion and candidate per domain (experts shared by both are scored once), and
+    the gate's decision on them."""
     from ccoe import registry
 
     candidate = registry.get_version(spec.registry, version)
@@ -166,15 +180,9 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
     router = RuleRouter(candidate.manifest.router or pipeline_router(spec))
     labelled = labelled_routing_queries()
     accuracy = sum(router.route(q).domain == d for q, d in labelled) / len(labelled)
-    evaluation = Evaluation(version, champion.version if champion else None, scores, accuracy, sorted(retrained))
-    evaluation.rows = score_rows(scores)
-    return evaluation
-
-
-def gate(spec: PipelineSpec, evaluation: Evaluation) -> GateDecision:
-    retrained_domains = {p.expert.domain for p in spec.experts if p.expert.name in evaluation.retrained}
-    evaluation.decision = decide(spec.gate, evaluation.scores, retrained_domains)
-    return evaluation.decision
+    retrained_domains = {p.expert.domain for p in spec.experts if p.expert.name in retrained}
+    decision = decide(spec.gate, scores, retrained_domains)
+    return Evaluation(version, champion.version if champion else None, scores, accuracy, tuple(sorted(retrained)), decision)
 
 
 def apply_decision(spec: PipelineSpec, evaluation: Evaluation, run_id: str | None) -> None:

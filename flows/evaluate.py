@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ccoe import registry
 from ccoe.config import PipelineSpec
 from ccoe.gate import bar_chart
-from ccoe.pipeline import apply_decision, evaluate_candidate, gate, markdown_report
+from ccoe.pipeline import apply_decision, evaluate_candidate, markdown_report
 
 
 @flow(name="evaluate")
@@ -26,7 +26,7 @@ def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_i
     started = time.perf_counter()
     evaluation = evaluate_candidate(spec, version, retrained)
     seconds = time.perf_counter() - started
-    decision = gate(spec, evaluation)
+    decision = evaluation.decision
     with tempfile.TemporaryDirectory() as tmp:
         chart = bar_chart(evaluation.rows, Path(tmp) / "gate.png", f"{spec.registry.model_name} v{version}: {'promoted' if decision.promote else 'rejected'}")
         table = Path(tmp) / "scores.json"
@@ -37,7 +37,7 @@ def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_i
         run_id = registry.log_run(
             spec.registry, f"evaluate-v{version}", metrics=metrics, files=[chart, table],
             params={"version": str(version), "champion_version": str(evaluation.champion_version or ""), "retrained": ",".join(retrained)},
-            tags={"ccoe.decision": "promoted" if decision.promote else "rejected", "ccoe.version": str(version),
+            tags={"ccoe.gate": "promoted" if decision.promote else "rejected", "ccoe.version": str(version),
                   "ccoe.train_runs": ",".join(train_run_ids or [])},
         )
     apply_decision(spec, evaluation, run_id)

@@ -32,7 +32,7 @@ def test_pipeline_trains_merges_evaluates_and_promotes_then_skips_unchanged_data
 
     client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri(spec.registry))
     evaluation = client.get_run(summary["evaluation_run_id"])
-    assert evaluation.data.tags["ccoe.decision"] == "promoted"
+    assert evaluation.data.tags["ccoe.gate"] == "promoted"
     assert set(evaluation.data.tags["ccoe.train_runs"].split(",")) == set(summary["train_run_ids"])
     assert {"math/base", "math/candidate", "sql/candidate", "law/candidate", "router_accuracy"} <= set(evaluation.data.metrics)
     assert {a.path for a in client.list_artifacts(summary["evaluation_run_id"])} == {"gate.png", "scores.json"}
