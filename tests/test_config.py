@@ -13,7 +13,7 @@ def test_service_variables_point_a_config_at_real_services():
     spec = load_pipeline("configs/tiny.yaml", env)
     assert spec.tracking.tracking_uri == spec.registry.tracking_uri == "http://127.0.0.1:5000"
     assert (spec.storage.uri, spec.storage.endpoint_url, spec.storage.region) == ("s3://ccoe/blobs", "http://127.0.0.1:8333", "us-east-1")
-    assert spec.registry.model_name == load_pipeline("configs/tiny.yaml", {}).registry.model_name  # the rest is the file's
+    assert (spec.registry.model_name, spec.training.max_steps) == ("ccoe_tiny", 3)  # the rest is the file's
 
 
 def test_without_service_variables_the_file_is_taken_as_written():
