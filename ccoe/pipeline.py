@@ -196,6 +196,7 @@ def apply_decision(spec: PipelineSpec, evaluation: Evaluation, run_id: str | Non
     if not decision.promote:
         tags[registry.STATUS_TAG] = "rejected"
     registry.tag_version(spec.registry, evaluation.version, tags)
+    registry.append_description(spec.registry, evaluation.version, markdown_report(evaluation))
     if decision.promote:
         registry.advance_alias(spec.registry, "champion", evaluation.version)
 

@@ -158,6 +158,41 @@ def load(uri: str, spec: RegistrySpec, device: str = "cpu", dtype: str | None = 
 # -- writing ------------------------------------------------------------------------------------------
 
 
+MODEL_DESCRIPTION = """A CCoE model (Collaboration of Experts, arXiv 2407.11686): one frozen backbone LLM plus
+domain experts, each a few of the backbone's decoder layers fine-tuned on one domain.
+
+Each version holds only a manifest (`ccoe.json`): the backbone's identity and every expert's layers
+and sha256-addressed blob. Aliases: `candidate` is the latest merge, `champion` what the gated
+evaluation promoted. A version's description lists its experts and, once evaluated, the gate's
+decision with the per-domain scores. Serve it with `mlflow models serve -m models:/NAME@champion`:
+rows of prompt (and optionally expert, max_new_tokens) -> text, expert, reason."""
+
+
+def pyfunc_signature():
+    """The pyfunc's request and reply columns. Given explicitly: the predict type hints (DataFrames)
+    cannot yield one, and an input example would make `log_model` load the backbone and every expert
+    to validate it on each merge."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "expert", required=False),
+                       ColSpec("long", "max_new_tokens", required=False)]),
+        outputs=Schema([ColSpec("string", "text"), ColSpec("string", "expert"), ColSpec("string", "reason")]),
+    )
+
+
+def version_description(manifest: Manifest, parent: int | None) -> str:
+    """Markdown for the registry UI: the experts of a version, with their blobs and training runs."""
+    lines = [f"Merged from version {parent or 'none (bare backbone)'}; backbone `{manifest.backbone.spec.source}` "
+             f"(fingerprint `{manifest.backbone.fingerprint[:12]}…`).", "",
+             "| expert | domain | layers | blob sha256 | training run | data fingerprint |", "|---|---|---|---|---|---|"]
+    for name, e in sorted(manifest.experts.items()):
+        lines.append(f"| {name} | {e.domain} | {e.layers} | `{e.sha256[:12]}…` | {e.run_id or '-'} | "
+                     f"{f'`{e.data_fingerprint[:12]}…`' if e.data_fingerprint else '-'} |")
+    return "\n".join(lines)
+
+
 def _register(spec: RegistrySpec, manifest: Manifest, tags: dict[str, str]) -> int:
     mlc = client(spec)
     mlflow.set_tracking_uri(tracking_uri(spec))
@@ -169,10 +204,11 @@ def _register(spec: RegistrySpec, manifest: Manifest, tags: dict[str, str]) -> i
             mlflow.set_tags({k: v for k, v in tags.items() if k != PARENT_TAG})
             info = mlflow.pyfunc.log_model(
                 name="ccoe", python_model=str(ENTRY_FILE), artifacts={"manifest": str(path)},
-                pip_requirements=["ccoe"],
+                pip_requirements=["ccoe"], signature=pyfunc_signature(),
             )
             _ensure_registered_model(mlc, spec.model_name)
-            mv = mlc.create_model_version(spec.model_name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id)
+            mv = mlc.create_model_version(spec.model_name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id,
+                                          description=version_description(manifest, manifest.parent))
     return int(mv.version)
 
 
@@ -181,9 +217,16 @@ def _ensure_registered_model(mlc: MlflowClient, name: str) -> None:
         mlc.get_registered_model(name)
     except MlflowException:
         try:
-            mlc.create_registered_model(name)
+            mlc.create_registered_model(name, description=MODEL_DESCRIPTION)
         except MlflowException:  # created concurrently
             mlc.get_registered_model(name)
+
+
+def append_description(spec: RegistrySpec, version: int, text: str) -> None:
+    """Add a section (markdown) to a version's description, e.g. the gate's report."""
+    mlc = client(spec)
+    current = mlc.get_model_version(spec.model_name, str(version)).description or ""
+    mlc.update_model_version(spec.model_name, str(version), description=f"{current}\n\n{text}".strip())
 
 
 def _tags(manifest: Manifest, parent: int | None, pushed: Iterable[str], popped: Iterable[str]) -> dict[str, str]:

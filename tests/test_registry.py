@@ -249,3 +249,24 @@ def test_export_loads_in_transformers_with_equal_logits(backbone, tmp_path, caps
         export_expert(model, "law", out)
     with pytest.raises(KeyError, match="no expert named 'x'"):
         export_expert(model, "x", tmp_path / "other")
+
+
+def test_versions_are_readable_in_the_registry_ui_and_have_a_signature(backbone, reg, tmp_path, caplog):
+    store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
+    bare = bare_manifest(backbone)
+    with caplog.at_level("WARNING"):
+        registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "math", "math", [3], run_id="run-m")])
+        second = registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "law", "law", [1], seed=2)])
+    assert "Failed to infer model signature" not in caplog.text
+    mlc = registry.client(reg)
+    assert mlc.get_registered_model(reg.model_name).description == registry.MODEL_DESCRIPTION
+    description = mlc.get_model_version(reg.model_name, "2").description
+    math = second.manifest.experts["math"]
+    assert description.startswith("Merged from version 1;") and f"| math | math | [3] | `{math.sha256[:12]}…` | run-m |" in description
+    registry.append_description(reg, 2, "## Gate decision")
+    assert mlc.get_model_version(reg.model_name, "2").description == f"{description}\n\n## Gate decision"
+    local = mlflow.artifacts.download_artifacts(artifact_uri=mlc.get_model_version_download_uri(reg.model_name, "2"),
+                                                dst_path=str(tmp_path / "model"), tracking_uri=registry.tracking_uri(reg))
+    signature = mlflow.models.Model.load(local).signature
+    assert [c.name for c in signature.inputs.inputs] == ["prompt", "expert", "max_new_tokens"]
+    assert [c.name for c in signature.outputs.inputs] == ["text", "expert", "reason"]

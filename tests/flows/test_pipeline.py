@@ -29,6 +29,7 @@ def test_pipeline_trains_merges_evaluates_and_promotes_then_skips_unchanged_data
     version = registry.client(spec.registry).get_model_version(spec.registry.model_name, "1")
     assert version.tags["ccoe.gate"] == "promoted" and version.tags["ccoe.experts"] == "law,math,sql"
     assert version.tags["ccoe.evaluation_run"] == summary["evaluation_run_id"]
+    assert "| math | math |" in version.description and "## Gate decision for version 1: PROMOTED to champion" in version.description
     timings = summary["timings"]
     assert set(timings["train_jobs_s"]) == {"law", "math", "sql"}
     assert 0 < max(timings["train_jobs_s"].values()) <= timings["train_wall_s"]  # each job ran inside the training phase
