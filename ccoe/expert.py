@@ -140,8 +140,11 @@ def save_expert(expert: Expert, path: str | Path) -> BlobInfo:
     return BlobInfo(sha256=hashlib.sha256(data).hexdigest(), num_bytes=len(data), path=str(path))
 
 
-def expert_from_bytes(data: bytes, backbone: Backbone, sha256: str | None = None) -> Expert:
-    """Rebuild an expert from blob bytes, verifying its hash and backbone fingerprint first."""
+def expert_from_bytes(data: bytes, backbone: Backbone, sha256: str | None = None, name: str | None = None) -> Expert:
+    """Rebuild an expert from blob bytes, verifying its hash and backbone fingerprint first.
+
+    `name` loads it under another name than the blob's (an evaluation holds the champion's and the
+    candidate's expert of one name side by side); by default it keeps its own."""
     if sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
@@ -153,7 +156,7 @@ def expert_from_bytes(data: bytes, backbone: Backbone, sha256: str | None = None
             f"but this backbone is {backbone.fingerprint[:12]}…; load the backbone it was made for"
         )
     indices = json.loads(meta["layers"])
-    expert = Expert(meta["name"], meta["domain"], _copy_layers(backbone, explicit_layers(indices, backbone.num_layers)), meta["backbone_fingerprint"])
+    expert = Expert(name or meta["name"], meta["domain"], _copy_layers(backbone, explicit_layers(indices, backbone.num_layers)), meta["backbone_fingerprint"])
     tensors = load_safetensors_bytes(data)
     own = expert.tensors()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))

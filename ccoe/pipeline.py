@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,10 +144,17 @@ class Evaluation:
         return score_rows(self.scores)
 
 
-def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], progress: bool = False) -> Evaluation:
+def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], progress: bool = False,
+                       report: Callable[[str], None] | None = None) -> Evaluation:
     """Scores of base, champion and candidate per domain (experts shared by both are scored once), and
-    the gate's decision on them."""
+    the gate's decision on them. `report` receives a line as each domain starts and ends (the flow
+    passes its logger, so a person sees the evaluation move); `progress` draws per-batch bars.
+
+    Experts keep their manifest names in the scoring model; a champion expert whose name the
+    candidate uses for a different blob is loaded as `<name>-champion`."""
     from ccoe import registry
+
+    say = report or (lambda line: None)
 
     candidate = registry.get_version(spec.registry, version)
     champion = registry.get_version(spec.registry, "champion")
@@ -155,18 +164,23 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
         backbone_spec = backbone_spec.model_copy(update={"dtype": spec.eval.dtype})
     backbone = load_backbone(backbone_spec, device=spec.eval.device)
     model, routes_by_sha = CCoEModel(backbone), {}
-    for manifest in filter(None, manifests.values()):
+    for label, manifest in manifests.items():
+        if manifest is None:
+            continue
         store = blob_store_for(manifest, None)
-        for entry in manifest.experts.values():
+        for name, entry in manifest.experts.items():
             if entry.sha256 not in routes_by_sha:
-                expert = expert_from_bytes(fetch_blob(store, entry), backbone, sha256=entry.sha256)
-                expert.name = routes_by_sha[entry.sha256] = f"e{entry.sha256[:16]}"
-                model.push_expert(expert)
+                route_name = name if name not in model.experts else f"{name}-{label}"
+                model.push_expert(expert_from_bytes(fetch_blob(store, entry), backbone, sha256=entry.sha256, name=route_name))
+                routes_by_sha[entry.sha256] = route_name
     domains = sorted({e.domain for m in filter(None, manifests.values()) for e in m.experts.values()} & set(DOMAINS))
     scores = {}
-    for domain in domains:
+    for number, domain in enumerate(domains, 1):
         route = {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, domain)) else None) for label, m in manifests.items()}
         items = eval_items(domain)[: spec.eval.max_items.get(domain)]
+        say(f"evaluating {domain} ({number}/{len(domains)}): {len(items)} items, routes base, "
+            f"champion={route['champion'] or 'base'}, candidate={route['candidate'] or 'base'}")
+        started = time.perf_counter()
         result = evaluate_domain(
             model, backbone.tokenizer, DOMAINS[domain], items, [None, route["champion"], route["candidate"]],
             spec=DataSpec(records=[], max_length=spec.eval.max_length), batch_size=spec.eval.batch_size,
@@ -177,6 +191,8 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
             "champion": result[route["champion"]] if champion is not None else None,
             "candidate": result[route["candidate"]],
         }
+        say(f"  {domain}: base {result[None].metric:.3f}, candidate {result[route['candidate']].metric:.3f} "
+            f"on {len(items)} items in {time.perf_counter() - started:.0f} s")
     router = RuleRouter(candidate.manifest.router or pipeline_router(spec))
     labelled = labelled_routing_queries()
     accuracy = sum(router.route(q).domain == d for q, d in labelled) / len(labelled)

@@ -24,7 +24,7 @@ from ccoe.pipeline import apply_decision, evaluate_candidate, markdown_report
 def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_ids: list[str] | None = None) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
-    evaluation = evaluate_candidate(spec, version, retrained)
+    evaluation = evaluate_candidate(spec, version, retrained, report=logger.info)
     seconds = time.perf_counter() - started
     decision = evaluation.decision
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,6 +63,15 @@ def test_a_bad_expert_is_rejected_and_the_champion_stays(config, tmp_path):
     assert tags["ccoe.gate"] == "rejected" and tags["ccoe.status"] == "rejected" and "math" in tags["ccoe.gate.reasons"]
     assert registry.valid_versions(spec.registry) == [1]
 
+    from ccoe.pipeline import evaluate_candidate  # a person sees the evaluation move; both experts named math are scored
+
+    lines = []
+    evaluation = evaluate_candidate(load_yaml(PipelineSpec, strict), 2, ["math"], report=lines.append)
+    assert [line.split(" (")[0] for line in lines if line.startswith("evaluating")] == ["evaluating law", "evaluating math", "evaluating sql"]
+    assert "evaluating math (2/3): 3 items, routes base, champion=math-champion, candidate=math" in lines
+    assert evaluation.scores["math"]["champion"].route == "math-champion" and evaluation.scores["math"]["candidate"].route == "math"
+    assert evaluation.scores["law"]["champion"].route == evaluation.scores["law"]["candidate"].route == "law"  # one blob, scored once
+
 
 def test_one_failing_expert_does_not_stop_the_others(tmp_path, prefect_harness):
     data = yaml.safe_load(tiny_config(tmp_path).read_text())
@@ -93,3 +102,4 @@ def test_merge_reads_a_blob_trained_on_another_node_from_its_mlflow_run(tmp_path
 
     with pytest.raises(ValueError, match="does not match the sha256"):
         merge_results(spec, [{**result, "sha256": "0" * 64}])
+
