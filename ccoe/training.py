@@ -7,8 +7,9 @@ another trainer.
   activations); the LM head (as costly as ~8 SmolLM2 layers per token) runs only at positions whose
   next token is supervised (the response).
 - `PrefixCache`: the frozen prefix's hidden states per training example, reused across epochs, up to
-  a byte budget. Exact because the backbone is frozen and padding is on the right (causal attention
-  never lets a real token see padding).
+  a byte budget. With the cache on, every example's prefix is computed alone at its own length
+  (`cached_prefix`), so a cached value is bit-identical to a fresh one whatever batch the example
+  lands in, and a resumed run (which starts with an empty cache) trains exactly like an uninterrupted one.
 - `StepSeededBatchSampler`: the order of batches is a pure function of (seed, epoch, batch number),
   and a sampler built at global batch `n` continues exactly where a run that did `n` batches was, so a
   resumed run sees the same data as an uninterrupted one.
@@ -36,7 +37,12 @@ def warmup_cosine(step: int, *, warmup_steps: int, max_steps: int, min_ratio: fl
 
 
 class PrefixCache:
-    """Hidden states (T_i, H) entering the split layer, per example index, within `budget_bytes`."""
+    """Hidden states (T_i, H) entering the split layer, per example index, within `budget_bytes`.
+
+    Only values computed by `cached_prefix` (one example alone, at its own length) may be stored: a
+    prefix computed inside a padded batch differs in the last bits (up to ~6e-6) from the same example
+    in a batch of another width, because kernels sum in an order that depends on the shape.
+    """
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = int(budget_bytes)
@@ -48,30 +54,47 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    def lookup(self, index: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
-        """A right-padded (B, T, H) batch if every example is cached, else None."""
-        keys = index.tolist()
-        if not all(k in self._store for k in keys):
+    def get(self, key: int) -> torch.Tensor | None:
+        """The stored (T_i, H) prefix of example `key`, or None; counts a hit or a miss."""
+        hidden = self._store.get(key)
+        if hidden is None:
             self.misses += 1
-            return None
-        self.hits += 1
-        first = self._store[keys[0]]
-        out = first.new_zeros((len(keys), attention_mask.shape[1], first.shape[-1]))
-        for row, k in enumerate(keys):
-            cached = self._store[k]
-            out[row, : cached.shape[0]] = cached
-        return out.to(attention_mask.device)
+        else:
+            self.hits += 1
+        return hidden
 
-    def store(self, index: torch.Tensor, hidden: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        lengths = attention_mask.sum(dim=1).tolist()
-        for k, row, n in zip(index.tolist(), hidden, lengths):
-            if k in self._store or k < 0:
-                continue
-            size = n * row.shape[-1] * row.element_size()
-            if self.used_bytes + size > self.budget_bytes:
-                return
-            self._store[k] = row[:n].detach().clone()
-            self.used_bytes += size
+    def put(self, key: int, hidden: torch.Tensor) -> None:
+        """Keep example `key`'s (T_i, H) prefix if the budget allows; negative keys are unnamed examples."""
+        size = hidden.numel() * hidden.element_size()
+        if key < 0 or key in self._store or self.used_bytes + size > self.budget_bytes:
+            return
+        self._store[key] = hidden.detach().clone()
+        self.used_bytes += size
+
+
+def cached_prefix(model: CCoEModel, batch: dict[str, torch.Tensor], stop: int, cache: PrefixCache) -> torch.Tensor:
+    """Prefix hidden states (B, T, H) entering layer `stop`, each row computed alone at its own length.
+
+    Why one forward per example: it makes an example's prefix a function of the example only (its
+    shape never depends on the batch), so a cache hit equals a recomputation bit for bit, examples
+    beyond the budget are computed the same way, and a resumed run with an empty cache matches an
+    uninterrupted one. Grouping rows of equal length would save forwards but a GEMM's summation order
+    may depend on its row count (e.g. on GPUs), so it is not exact by construction. The cost is only on
+    misses (the first epoch, or examples beyond the budget); a batch of hits runs no prefix at all, and
+    a partly cached batch computes only its missing rows. Padding positions (right side) are zeros:
+    with causal attention no real token attends to them and their outputs are never supervised.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    out = None
+    for row, (key, length) in enumerate(zip(batch["index"].tolist(), mask.sum(dim=1).tolist())):
+        hidden = cache.get(key)
+        if hidden is None:
+            hidden = model.prefix_hidden_states(ids[row : row + 1, :length], mask[row : row + 1, :length], stop=stop)[0]
+            cache.put(key, hidden)
+        if out is None:
+            out = hidden.new_zeros((ids.shape[0], ids.shape[1], hidden.shape[-1]))
+        out[row, :length] = hidden
+    return out
 
 
 def expert_lm_loss(
@@ -79,15 +102,15 @@ def expert_lm_loss(
 ) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over response tokens; returns (loss, number of supervised tokens).
 
-    batch: input_ids, attention_mask, labels (B, T) right-padded, `index` (B,) example ids.
+    batch: input_ids, attention_mask, labels (B, T) right-padded, `index` (B,) example ids. Without a
+    cache the prefix runs once on the padded batch; with one, per example (`cached_prefix`).
     """
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     split = model.split_layer([expert])
-    hidden = cache.lookup(batch["index"], mask) if cache is not None else None
-    if hidden is None:
+    if cache is None:
         hidden = model.prefix_hidden_states(ids, mask, stop=split)
-        if cache is not None:
-            cache.store(batch["index"], hidden, mask)
+    else:
+        hidden = cached_prefix(model, batch, split, cache)
     final = model.hidden_from(hidden, mask, start=split, expert=expert)
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX

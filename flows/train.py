@@ -39,10 +39,12 @@ def train_expert_flow(job: ExpertJobSpec) -> dict:
     """The `train-expert` deployment: one expert job in this flow run's process.
 
     Its result is persisted (the parent reads it back through `run_deployment`) as JSON, never with
-    Prefect's default pickle serializer: result storage is shared, so a result is untrusted input."""
+    Prefect's default pickle serializer: result storage is shared, so a result is untrusted input. The
+    job runs in a child process, so when the OOM killer takes it, this flow run marks its MLflow run
+    FAILED and fails with the reason instead of dying with it."""
     from dataclasses import asdict
 
-    return asdict(train_expert(job))
+    return asdict(train_expert(job, isolated=True))
 
 
 @flow(name="train-experts")

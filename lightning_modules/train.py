@@ -7,6 +7,11 @@ config, the last expert-only checkpoint). Only global rank 0 writes the blob and
 Multi-process strategies (`ddp`, several devices or nodes) re-execute the entry point for every rank,
 so `train_expert` runs them as a `python -m lightning_modules.train` subprocess and reads its result
 file: a flow (or notebook) calling it is never re-executed.
+
+Resuming (`--resume-from`) takes a local checkpoint file only and never unpickles anything but tensors
+and plain containers (`lightning_modules.checkpoint_io`). From the command line, a user error (bad
+config, missing data, bad resume path) is one `error: ...` line and exit status 2; `--debug` shows the
+traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,14 +29,20 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ccoe.backbone import load_backbone
 from ccoe.config import ExpertJobSpec, load_yaml
 from ccoe.expert import expert_from_spec, save_expert
 from ccoe.model import CCoEModel
+from lightning_modules.checkpoint_io import SafeCheckpointIO, local_checkpoint
 from lightning_modules.expert_module import DomainDataModule, ExpertModule
-from lightning_modules.tracking import job_params, log_files, make_logger
+from lightning_modules.tracking import fail_dead_runs, job_params, log_files, make_logger
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Exceptions that mean "the job as given cannot run" (config, data, paths): one line and exit 2.
+USER_ERRORS = (ValueError, KeyError, OSError, yaml.YAMLError)
 
 
 @dataclass
@@ -57,7 +69,8 @@ def _needs_launcher(job: ExpertJobSpec) -> bool:
 
 
 def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()) -> pl.Trainer:
-    """The Lightning Trainer of a job: expert-only checkpoints every N steps (and `last.ckpt`)."""
+    """The Lightning Trainer of a job: expert-only checkpoints every N steps (and `last.ckpt`), read back
+    only as local files with `weights_only=True` (SafeCheckpointIO)."""
     t = job.training
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps or t.max_steps)
     return pl.Trainer(
@@ -75,6 +88,7 @@ def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()
         log_every_n_steps=t.log_every_n_steps,
         logger=logger,
         callbacks=[checkpoint, *callbacks],
+        plugins=[SafeCheckpointIO()],
         use_distributed_sampler=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -83,7 +97,13 @@ def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()
 
 
 def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> ExpertTrainResult | None:
-    """Run the job in this process (every rank of a multi-process run calls this). Rank 0 returns the result."""
+    """Run the job in this process (every rank of a multi-process run calls this). Rank 0 returns the result.
+
+    A bad `resume_from` is refused before anything is loaded. If the job fails after its MLflow run was
+    created, the run is closed as FAILED (a SIGKILL is handled by `tracking.fail_dead_runs` instead).
+    """
+    if resume_from is not None:
+        resume_from = str(local_checkpoint(resume_from))
     started = time.perf_counter()
     pl.seed_everything(job.training.seed, workers=True, verbose=False)
     backbone = load_backbone(job.backbone)
@@ -94,7 +114,6 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Expe
     module = ExpertModule(model, job.expert.name, job.training)
     out_dir = Path(job.output_dir).resolve() / job.expert.name
     tags = {
-        "ccoe.expert": job.expert.name,
         "ccoe.domain": job.expert.domain,
         "ccoe.layers": json.dumps(list(model.experts[job.expert.name].layer_indices)),
         "ccoe.backbone_fingerprint": backbone.fingerprint,
@@ -102,24 +121,28 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Expe
     }
     logger = make_logger(job, tags)
     run_id = logger.run_id  # creates the run on rank 0
-    trainer = build_trainer(job, logger, out_dir / "checkpoints" / (run_id or "run"))
-    if trainer.is_global_zero:
-        logger.log_hyperparams(job_params(job))
-        logger.experiment.set_tag(run_id, "ccoe.world_size", str(trainer.world_size))
-    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
-    if not trainer.is_global_zero:
-        return None
+    try:
+        trainer = build_trainer(job, logger, out_dir / "checkpoints" / (run_id or "run"))
+        if trainer.is_global_zero:
+            logger.log_hyperparams(job_params(job))
+            logger.experiment.set_tag(run_id, "ccoe.world_size", str(trainer.world_size))
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
+        if not trainer.is_global_zero:
+            return None
 
-    expert = model.experts[job.expert.name]
-    blob = save_expert(expert, out_dir / f"{job.expert.name}.safetensors")
-    config_path = out_dir / "job.yaml"
-    job.to_yaml(config_path)
-    last = trainer.checkpoint_callback.last_model_path or None
-    files = {"expert": blob.path, "config": config_path}
-    if last:
-        files["checkpoints"] = last
-    log_files(logger, files)
-    logger.experiment.log_metric(run_id, "expert/bytes", float(blob.num_bytes))
+        expert = model.experts[job.expert.name]
+        blob = save_expert(expert, out_dir / f"{job.expert.name}.safetensors")
+        config_path = out_dir / "job.yaml"
+        job.to_yaml(config_path)
+        last = trainer.checkpoint_callback.last_model_path or None
+        files = {"expert": blob.path, "config": config_path}
+        if last:
+            files["checkpoints"] = last
+        log_files(logger, files)
+        logger.experiment.log_metric(run_id, "expert/bytes", float(blob.num_bytes))
+    except BaseException:
+        logger.finalize("failed")
+        raise
     logger.finalize("success")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     return ExpertTrainResult(
@@ -142,8 +165,12 @@ def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: b
     """Train one expert and return its blob reference, MLflow run id and metrics.
 
     Single-process jobs run here unless `isolated` (then in a child process, so a crash or an OOM stays
-    there and torch threads do not fight); multi-process jobs always run as a subprocess.
+    there and torch threads do not fight); multi-process jobs always run as a subprocess. The child
+    works in this process's directory (relative paths in the job mean the same in both), and when it
+    dies without closing its MLflow run (SIGKILL, OOM killer) this parent marks that run FAILED.
     """
+    if resume_from is not None:
+        resume_from = str(local_checkpoint(resume_from).resolve())
     if not (isolated or _needs_launcher(job)):
         return train_in_process(job, resume_from)
     with tempfile.TemporaryDirectory(prefix="ccoe-train-") as tmp:
@@ -152,20 +179,40 @@ def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: b
         command = [sys.executable, "-m", "lightning_modules.train", "--config", str(config), "--result", str(result)]
         if resume_from:
             command += ["--resume-from", resume_from]
-        done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, env={**os.environ}, capture_output=True, text=True)
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        done = subprocess.run(command, check=False, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"training job for expert {job.expert.name!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            how = f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"exit {done.returncode}"
+            try:
+                fail_dead_runs(job)
+            except Exception as err:  # the job's own failure is the error to report, not the tracking store's
+                how += f"; its MLflow run could not be marked FAILED: {_one_line(err)}"
+            raise RuntimeError(f"training job for expert {job.expert.name!r} failed ({how}):\n{done.stderr[-3000:]}")
         return ExpertTrainResult(**json.loads(result.read_text()))
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train one CCoE expert (an ExpertJobSpec YAML) with PyTorch Lightning")
     p.add_argument("--config", required=True, type=Path, help="ExpertJobSpec YAML")
-    p.add_argument("--resume-from", help="an expert checkpoint (.ckpt) to continue from")
+    p.add_argument("--resume-from", help="a local expert checkpoint (.ckpt) to continue from; URLs are refused")
     p.add_argument("--result", type=Path, help="write the result as JSON here (rank 0)")
+    p.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     args = p.parse_args(argv)
-    job = load_yaml(ExpertJobSpec, args.config)
-    result = train_in_process(job, args.resume_from)
+    try:
+        job = load_yaml(ExpertJobSpec, args.config)
+        result = train_in_process(job, args.resume_from)
+    except Exception as err:
+        if args.debug:
+            raise
+        if isinstance(err, USER_ERRORS):
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        print(f"error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     if result is not None:
         text = json.dumps(asdict(result), indent=2)
         if args.result:

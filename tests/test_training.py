@@ -2,11 +2,13 @@
 
 import torch
 
+from ccoe.backbone import load_backbone
 from ccoe.config import LayerSelection
 from ccoe.data import IGNORE_INDEX
 from ccoe.expert import create_expert
+from ccoe.model import CCoEModel
 from ccoe.training import PrefixCache, StepSeededBatchSampler, expert_lm_loss, warmup_cosine
-from tests.conftest import perturb
+from tests.conftest import perturb, tiny_spec
 
 
 def _batch(rows=4, width=9):
@@ -34,14 +36,45 @@ def test_prefix_cache_reproduces_the_loss_and_respects_its_budget(model):
     batch = _batch()
     cache = PrefixCache(budget_bytes=10**8)
     first, _ = expert_lm_loss(model, batch, "e", cache)
-    assert len(cache) == 4 and cache.misses == 1
+    assert len(cache) == 4 and (cache.hits, cache.misses) == (0, 4)
     second, _ = expert_lm_loss(model, batch, "e", cache)
-    assert cache.hits == 1
-    torch.testing.assert_close(first, second, atol=1e-6, rtol=1e-6)
-    one_row = 9 * 32 * 4
-    small = PrefixCache(budget_bytes=2 * one_row)
+    assert (cache.hits, cache.misses) == (4, 4)
+    assert torch.equal(first, second)
+    row_bytes = 32 * 4  # one position of hidden size 32 in float32; each example is stored at its own length
+    small = PrefixCache(budget_bytes=18 * row_bytes)
     expert_lm_loss(model, batch, "e", small)
-    assert len(small) == 2 and small.used_bytes <= 2 * one_row
+    assert len(small) == 2 and small.used_bytes == (9 + 6) * row_bytes  # the third (9 positions) did not fit
+
+
+def _loss_and_grads(model, batch, cache):
+    loss, _ = expert_lm_loss(model, batch, "e", cache)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.experts["e"].parameters()]
+    model.experts["e"].zero_grad(set_to_none=True)
+    return [loss.detach(), *grads]
+
+
+def test_a_cache_hit_is_bit_identical_to_a_fresh_prefix_whatever_batch_filled_it():
+    """What makes a resumed run exact: it starts with an empty cache, so every example it sees again is
+    computed fresh in its current batch, where an uninterrupted run read it from the cache, computed in
+    the batch of an earlier epoch (another padded width)."""
+    backbone = load_backbone(tiny_spec("llama", hidden_size=128, intermediate_size=256, max_position_embeddings=256))
+    model = CCoEModel(backbone)
+    model.push_expert(perturb(create_expert(backbone, "e", "d", LayerSelection(strategy="top", k=1))))
+    generator = torch.Generator().manual_seed(0)
+    lengths = [96, 41, 70, 23]
+    wide = _batch(rows=4, width=96)
+    wide["input_ids"] = torch.randint(3, 97, (4, 96), generator=generator)
+    wide["attention_mask"] = (torch.arange(96) < torch.tensor(lengths)[:, None]).long()
+    wide["labels"] = torch.where(wide["attention_mask"].bool(), wide["input_ids"], IGNORE_INDEX)
+    narrow = {k: v[[1, 3]] if k == "index" else v[[1, 3], :41] for k, v in wide.items()}
+
+    warm = PrefixCache(budget_bytes=10**8)
+    expert_lm_loss(model, wide, "e", warm)
+    from_cache = _loss_and_grads(model, narrow, warm)
+    assert warm.hits == 2
+    fresh = _loss_and_grads(model, narrow, PrefixCache(budget_bytes=10**8))
+    assert all(torch.equal(a, b) for a, b in zip(from_cache, fresh))
 
 
 def test_loss_gradients_reach_only_the_expert(model):

@@ -1,6 +1,11 @@
 """Expert training with Lightning + MLflow on a tiny backbone with a real tokenizer."""
 
 import json
+import os
+import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -13,8 +18,8 @@ from ccoe.config import BackboneSpec, DataSpec, ExpertJobSpec, ExpertSpec, Layer
 from ccoe.expert import expert_from_spec, load_expert
 from ccoe.model import CCoEModel
 from lightning_modules.expert_module import DomainDataModule, ExpertModule
-from lightning_modules.train import build_trainer, train_expert
-from tests.conftest import backbone_bytes
+from lightning_modules.train import REPO_ROOT, build_trainer, train_expert
+from tests.conftest import WORDS, backbone_bytes
 
 NUMBERS = "two three four five six seven eight nine ten".split()
 
@@ -26,6 +31,16 @@ def sum_records():
             if i + j + 4 <= 10:
                 rows.append({"prompt": f"what is the sum of {a} and {b}", "response": f"the answer is {NUMBERS[i + j + 2]}"})
     return rows
+
+
+def varied_records(count: int = 31):
+    """Word salads of 4 to 60 prompt words: an example is padded to very different widths in different
+    batches, which (with the old batch-computed prefix cache) changed its cached prefix in the last bits."""
+    rng = random.Random(0)
+    return [
+        {"prompt": " ".join(rng.choices(WORDS, k=rng.randint(4, 60))), "response": " ".join(rng.choices(WORDS, k=rng.randint(2, 12)))}
+        for _ in range(count)
+    ]
 
 
 @pytest.fixture
@@ -92,11 +107,19 @@ class _CrashAt(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(job, tmp_path):
-    spec = job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 12, "checkpoint_every_n_steps": 5})})
+def resumable_job(job, **training):
+    """`job` on variable-length data with the prefix cache on: a resume is exact only if a cached prefix
+    equals a fresh one bit for bit (the resumed run starts with an empty cache)."""
+    data = DataSpec(records=varied_records(), val_fraction=0.2, use_chat_template=False)
+    return job.model_copy(update={"data": data, "training": job.training.model_copy(update={"prefix_cache_mb": 64, **training})})
+
+
+def test_crash_and_resume_with_the_prefix_cache_is_bit_identical_to_an_uninterrupted_run(job, tmp_path):
+    spec = resumable_job(job, max_steps=16, checkpoint_every_n_steps=5)
     module, data = _module_and_data(spec)
     build_trainer(spec, False, tmp_path / "a").fit(module, datamodule=data)
     uninterrupted = {k: v.clone() for k, v in module.state_dict().items()}
+    assert module.prefix_cache.hits > 0  # later epochs read the cache
 
     crashed, data = _module_and_data(spec)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -106,10 +129,52 @@ def test_kill_and_resume_matches_an_uninterrupted_run(job, tmp_path):
 
     resumed, data = _module_and_data(spec)
     trainer = build_trainer(spec, False, tmp_path / "c")
-    trainer.fit(resumed, datamodule=data, ckpt_path=str(checkpoint))
-    assert trainer.global_step == 12
-    for key, value in resumed.state_dict().items():
-        torch.testing.assert_close(value, uninterrupted[key], atol=1e-6, rtol=1e-5)
+    trainer.fit(resumed, datamodule=data, ckpt_path=str(checkpoint), weights_only=True)
+    assert trainer.global_step == 16
+    state = resumed.state_dict()
+    assert state.keys() == uninterrupted.keys()
+    assert [k for k in state if not torch.equal(state[k], uninterrupted[k])] == []
+
+
+class _RunsCode:
+    """Unpickling this calls `open(marker, "w")`: stands in for any code a crafted checkpoint could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("url", ["https://example.com/last.ckpt", "s3://bucket/last.ckpt", "file:///tmp/last.ckpt", "runs:/abc/last.ckpt"])
+@pytest.mark.parametrize("isolated", [False, True])
+def test_a_url_to_resume_from_is_refused_before_anything_is_loaded(job, monkeypatch, url, isolated):
+    def loaded(*args, **kwargs):
+        raise AssertionError("something was loaded or launched before the URL was refused")
+
+    for target in ("lightning_modules.train.load_backbone", "lightning_modules.train.subprocess.run", "torch.load", "torch.hub.load_state_dict_from_url"):
+        monkeypatch.setattr(target, loaded)
+    with pytest.raises(ValueError, match="is a URL; only local files are accepted.*copy the checkpoint to this machine"):
+        train_expert(job, resume_from=url, isolated=isolated)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(job, tmp_path, monkeypatch):
+    short = job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 2})})
+    module, data = _module_and_data(short)
+    trainer = build_trainer(short, False, tmp_path / "ckpt")
+    trainer.fit(module, datamodule=data)
+    checkpoint = torch.load(trainer.checkpoint_callback.last_model_path, weights_only=True)
+    marker = tmp_path / "code-ran"
+    checkpoint["loops"]["payload"] = _RunsCode(marker)
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, crafted)
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # an environment that opted out of torch's safe default
+    with pytest.raises(ValueError, match="refusing to load checkpoint .*crafted.ckpt.*other than tensors"):
+        train_expert(short.model_copy(update={"output_dir": str(tmp_path / "resumed")}), resume_from=str(crafted))
+    assert not marker.exists()
+    torch.load(crafted, weights_only=False)  # the control: a full unpickle does run the payload
+    assert marker.exists()
 
 
 def test_train_expert_logs_one_mlflow_run_with_blob_and_lineage(job):
@@ -135,7 +200,7 @@ def test_train_expert_logs_one_mlflow_run_with_blob_and_lineage(job):
 
 def test_malformed_dataset_is_one_clear_error(job):
     bad = job.model_copy(update={"data": DataSpec(records=[{"prompt": "two", "response": "three"}, {"prompt": "four"}])})
-    with pytest.raises(ValueError, match="data row 1 is missing required field 'response'"):
+    with pytest.raises(ValueError, match=r"data records\[1\].*'response'"):
         train_expert(bad)
 
 
@@ -149,6 +214,7 @@ def test_cli_entry_point_trains_one_job(job, tmp_path):
     assert json.loads(result_file.read_text())["expert"] == "adder"
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_logs_one_run(job):
     ddp = job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 4, "devices": 2, "strategy": "ddp"})})
     result = train_expert(ddp)
@@ -158,3 +224,41 @@ def test_ddp_on_two_cpu_processes_logs_one_run(job):
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs] == [result.run_id]
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags["ccoe.world_size"] == "2"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "lightning_modules.train", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(job, tmp_path):
+    good = tmp_path / "job.yaml"
+    job.to_yaml(good)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("max_steps: 40", "max_steps: 0"))
+    no_data = tmp_path / "no-data.yaml"
+    job.model_copy(update={"data": DataSpec(source=str(tmp_path / "missing.jsonl"))}).to_yaml(no_data)
+    cases = {
+        "missing config": (["--config", str(tmp_path / "nope.yaml")], "config file .*nope.yaml does not exist"),
+        "bad config": (["--config", str(bad)], "invalid ExpertJobSpec: .*max_steps Input should be greater than or equal to 1"),
+        "missing data": (["--config", str(no_data)], "data source .*missing.jsonl"),
+        "missing checkpoint": (["--config", str(good), "--resume-from", str(tmp_path / "no.ckpt")], "resume checkpoint .*no.ckpt does not exist"),
+        "url checkpoint": (["--config", str(good), "--resume-from", "https://example.com/x.ckpt"], "is a URL; only local files"),
+        "debug": (["--config", str(bad), "--debug"], None),
+    }
+    running = {name: _cli(*args, cwd=tmp_path) for name, (args, _) in cases.items()}  # side by side: each is mostly imports
+    stderr = {name: process.communicate(timeout=300)[1] for name, process in running.items()}
+    for name, (_, message) in cases.items():
+        if message is None:
+            continue
+        assert running[name].returncode == 2, (name, stderr[name])
+        assert "Traceback" not in stderr[name], name
+        errors = [line for line in stderr[name].splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and errors[0].startswith("error: "), (name, stderr[name])
+        assert re.search(message, errors[0]), (name, errors[0])
+        assert stderr[name].rstrip().endswith(errors[0]), name
+
+    assert running["debug"].returncode == 1 and "Traceback (most recent call last)" in stderr["debug"]
+    assert "ValueError" in stderr["debug"] and "max_steps" in stderr["debug"]
