@@ -53,7 +53,7 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
         result = train_expert(job)
         train_s = time.perf_counter() - t0
         model = CCoEModel(backbone)
-        model.push_expert(load_expert(result.blob_path, backbone, sha256=result.sha256))
+        model.push_expert(load_expert(result.blob_path, backbone, sha256=result.entry.sha256))
         domain = DOMAINS[expert_spec.domain]
         items = eval_items(domain.name)[: spec.eval.max_items.get(domain.name)]
         t0 = time.perf_counter()
@@ -63,10 +63,10 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
             max_new_tokens=spec.eval.max_new_tokens.get(domain.name, 128), progress=True,
         )
         base, tuned = scores[None], scores[expert_spec.name]
-        rows.append({"domain": domain.name, "expert": expert_spec.name, "layers": result.layers, "n": len(items),
+        rows.append({"domain": domain.name, "expert": expert_spec.name, "layers": result.entry.layers, "n": len(items),
                      "base_metric": base.metric, "expert_metric": tuned.metric, "base_loss": base.loss, "expert_loss": tuned.loss,
-                     "train_s": train_s, "eval_s": time.perf_counter() - t0, "final_train_loss": result.metrics.get("train/loss")})
-        singles[expert_spec.name] = (result.blob_path, result.sha256, items[:4])
+                     "train_s": train_s, "eval_s": time.perf_counter() - t0, "final_train_loss": result.entry.metrics.get("train/loss")})
+        singles[expert_spec.name] = (result.blob_path, result.entry.sha256, items[:4])
         print(f"  {rows[-1]}", file=sys.stderr)
     combined = CCoEModel(backbone)
     for path, sha, _ in singles.values():

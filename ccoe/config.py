@@ -353,17 +353,6 @@ class TrackingSpec(Spec):
         return tracking_uri_without_credentials(value)
 
 
-class ExpertJobSpec(Spec):
-    """Everything one expert training job needs: what it trains on, how, and where results go."""
-
-    backbone: BackboneSpec
-    expert: ExpertSpec
-    data: DataSpec
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
-    output_dir: str = "out/experts"
-
-
 class StorageSpec(Spec):
     """Where expert blobs live: a local folder or `s3://bucket/prefix` (any fsspec URI).
 
@@ -386,6 +375,19 @@ class StorageSpec(Spec):
                 "give the keys in the environment variables named by access_key_env/secret_key_env instead"
             )
         return value
+
+
+class ExpertJobSpec(Spec):
+    """Everything one expert training job needs: what it trains on, how, and where results go."""
+
+    backbone: BackboneSpec
+    expert: ExpertSpec
+    data: DataSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    output_dir: str = "out/experts"
+    storage: StorageSpec | None = Field(None, description="put the trained blob into this blob store (a pipeline's); None: output_dir and the MLflow run only")
+    data_fingerprint: str | None = Field(None, description="the planner's fingerprint of `data`; the trainer refuses data that differs")
 
 
 class RegistrySpec(Spec):
@@ -486,12 +488,13 @@ class PipelineSpec(Spec):
             "work_dir": str(folder / "work"),
         })
 
-    def job(self, plan: ExpertPlan, data: DataSpec) -> ExpertJobSpec:
-        """The training job of one expert: the pipeline's defaults with the plan's overrides."""
+    def job(self, plan: ExpertPlan, data: DataSpec, data_fingerprint: str | None = None) -> ExpertJobSpec:
+        """The training job of one expert: the pipeline's defaults with the plan's overrides; its blob goes
+        to the pipeline's blob store, and its data must still have the planner's fingerprint."""
         training = apply_overrides(self.training, plan.training)
         return ExpertJobSpec(
             backbone=self.backbone, expert=plan.expert, data=data, training=training, tracking=self.tracking,
-            output_dir=str(Path(self.work_dir) / "experts"),
+            output_dir=str(Path(self.work_dir) / "experts"), storage=self.storage, data_fingerprint=data_fingerprint,
         )
 
 

@@ -87,6 +87,28 @@ class ExpertEntry(Spec):
         return blob_name(self.sha256)
 
 
+class TrainedExpert(Spec):
+    """What a finished training job hands to the merge step: the expert's manifest entry (layers, blob
+    sha256, backbone fingerprint, training run, data fingerprint, metrics) and where its blob is.
+
+    A job of the pipeline puts its blob into the pipeline's blob store itself (`stored_in`), so the
+    merge references it without moving bytes and without the trainer's disk. It crosses process and
+    flow-run boundaries as JSON and is validated when read back.
+    """
+
+    name: str
+    entry: ExpertEntry
+    stored_in: StorageSpec | None = Field(None, description="the blob store holding the blob; None: only blob_path and the MLflow run")
+    blob_path: str = Field(description="the trainer's local copy of the blob")
+    checkpoint_path: str | None = None
+    seconds: float = Field(ge=0, description="wall seconds of the job in its own process")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+
 class Manifest(Spec):
     format: Literal["ccoe-manifest/1"] = MANIFEST_FORMAT
     backbone: BackboneEntry

@@ -1,32 +1,38 @@
 """The pipeline's steps as plain functions (the Prefect flows only wire them together).
 
-1. `plan_jobs`: one training job per expert; a job whose data fingerprint equals the champion's entry
-   for that expert is skipped (scheduled continual updates retrain only what changed).
-2. training happens in `lightning_modules` (one process per job);
-3. `merge_results`: pop-and-push the trained experts into the registry -> `candidate`;
-4. `evaluate_candidate`: base, champion and candidate on every domain (loss, task metric, router
-   accuracy), all routes of a domain in one shared-prefix pass;
-5. `apply_decision`: the gate's decision goes to the version's tags; `champion` moves only on success,
-   a refused candidate is tagged `rejected`.
+Each step hands the next a typed result:
+
+1. `plan_jobs` -> `PlannedJob`s: one `ExpertJobSpec` per expert, carrying the data fingerprint the
+   planner computed and the pipeline's blob store; a job whose fingerprint equals the champion's
+   entry for that expert is skipped (scheduled continual updates retrain only what changed).
+2. training (`lightning_modules.train.train_expert`, one process per job) -> `TrainedExpert`: the
+   trainer refuses data whose fingerprint changed since planning, puts its blob into the blob store
+   and returns the expert's manifest entry.
+3. `merge_results(TrainedExpert...)` -> `registry.MergeResult`: pop-and-push of the entries into the
+   registry as `candidate`; no bytes move and no model loads.
+4. `evaluate_candidate` -> `Evaluation` (frozen, with the gate's `GateDecision`): base, champion and
+   candidate on every domain (loss, task metric, router accuracy), all routes of a domain in one
+   shared-prefix pass.
+5. `apply_decision(Evaluation)`: the decision goes to the version's tags and description; `champion`
+   moves (forward only) on success, a refused candidate is tagged `rejected`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccoe.artifact import ExpertBlob, fetch_blob
+from ccoe.artifact import fetch_blob
 from ccoe.backbone import load_backbone
-from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec, mlflow_store_uri
+from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec
 from ccoe.data import data_fingerprint, load_records, to_examples
 from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
 from ccoe.evaluate import DomainScore, evaluate_domain
 from ccoe.expert import expert_from_bytes
 from ccoe.gate import GateDecision, decide, score_rows
-from ccoe.manifest import Manifest, bare_manifest, blob_store_for
+from ccoe.manifest import BackboneEntry, Manifest, TrainedExpert, blob_store_for
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter
 from ccoe.storage import BlobStore
@@ -68,7 +74,7 @@ def plan_jobs(spec: PipelineSpec, champion: Manifest | None, only: list[str] | N
         skip = None
         if spec.skip_unchanged and entry is not None and entry.data_fingerprint == fingerprint:
             skip = f"data unchanged since the champion (fingerprint {fingerprint[:12]}…): not retrained"
-        planned.append(PlannedJob(plan, spec.job(plan, data), fingerprint, skip))
+        planned.append(PlannedJob(plan, spec.job(plan, data, fingerprint), fingerprint, skip))
     unknown = sorted(set(only or []) - {p.plan.expert.name for p in planned})
     if unknown:
         raise KeyError(f"unknown experts {unknown}; the pipeline defines {[p.expert.name for p in spec.experts]}")
@@ -82,34 +88,22 @@ def pipeline_router(spec: PipelineSpec) -> RouterSpec:
     return router_spec(mapping={name: {domain: 1.0} for domain, name in names.items() if domain in DOMAINS})
 
 
-def trained_blob_bytes(spec: PipelineSpec, result: dict) -> bytes:
-    """The blob a training job wrote: its file when this process can see it, else the copy the job
-    logged to its MLflow run (`expert/<file>`): with `deployment` set each job runs on its own node,
-    so the merge step usually cannot see the trainer's disk. Checked against the job's sha256."""
+def merge_results(spec: PipelineSpec, trained: list[TrainedExpert], pops: list[str] = ()):
+    """Push trained experts into the registry as `candidate`. Their blobs are already in the pipeline's
+    blob store (each job put its own there), so the merge moves no bytes and loads no model: the bare
+    manifest takes its backbone fingerprint from the experts, which must agree."""
     from ccoe import registry
 
-    path = Path(result["blob_path"])
-    if path.is_file():
-        data = path.read_bytes()
-    else:
-        uri = mlflow_store_uri(spec.tracking.tracking_uri, spec.tracking.root)
-        data = registry.run_artifact_bytes(uri, result["run_id"], f"expert/{path.name}")
-    if hashlib.sha256(data).hexdigest() != result["sha256"]:
-        raise ValueError(f"expert {result['expert']!r}: the blob read from {path} (or run {result['run_id']}) does not match the "
-                         f"sha256 its training job reported ({result['sha256'][:12]}...); retrain the expert")
-    return data
-
-
-def merge_results(spec: PipelineSpec, results: list[dict], pops: list[str] = ()):
-    """Push trained experts (results of `train_expert`, as dicts) into the registry as `candidate`."""
-    from ccoe import registry
-
-    backbone = load_backbone(spec.backbone)
-    blobs = [ExpertBlob(trained_blob_bytes(spec, r), run_id=r["run_id"], data_fingerprint=r["data_fingerprint"],
-                        metrics={k: v for k, v in r["metrics"].items() if isinstance(v, float)}) for r in results]
+    elsewhere = sorted(t.name for t in trained if t.stored_in != spec.storage)
+    if elsewhere:
+        raise ValueError(f"experts {elsewhere} were not put into this pipeline's blob store {spec.storage.uri}; retrain them here")
+    fingerprints = {t.entry.backbone_fingerprint for t in trained}
+    if len(fingerprints) != 1:
+        raise ValueError(f"the trained experts disagree on the backbone ({len(fingerprints)} fingerprints); retrain them together")
+    bare = Manifest(backbone=BackboneEntry(spec=spec.backbone, fingerprint=fingerprints.pop()), storage=spec.storage)
     return registry.merge_and_register(
-        spec.registry, BlobStore(spec.storage), bare=bare_manifest(backbone, storage=spec.storage),
-        blobs=blobs, pops=pops, router=pipeline_router(spec),
+        spec.registry, BlobStore(spec.storage), bare=bare, entries={t.name: t.entry for t in trained}, pops=pops,
+        router=pipeline_router(spec),
     )
 
 

@@ -256,6 +256,7 @@ def merge_and_register(
     *,
     bare: Manifest,
     blobs: Sequence[ExpertBlob] = (),
+    entries: Mapping[str, ExpertEntry] | None = None,
     pops: Iterable[str] = (),
     router: RouterSpec | None = None,
     base_alias: str = "champion",
@@ -264,8 +265,10 @@ def merge_and_register(
     """Pop-and-push experts into the registered model and register the result under `alias`.
 
     The base is the version at `base_alias`, else the newest valid version, else `bare` (the backbone
-    with no experts). Blobs are uploaded first (only missing ones), every referenced blob is verified
-    present, then the version is registered; racing merges are detected and retried on the new head.
+    with no experts). `blobs` are uploaded first (only missing ones); `entries` name experts whose blobs
+    are already in `store` (put there by their training jobs). Every referenced blob is verified
+    present by content, then the version is registered; racing merges are detected and retried on the
+    new head.
     """
     pops = [check_name(p) for p in pops]
     base = get_version(spec, base_alias) or _newest_valid(spec)
@@ -273,15 +276,23 @@ def merge_and_register(
     if unknown:
         raise KeyError(f"cannot pop {unknown}: the base version has {sorted((base.manifest if base else bare).experts)}; nothing was written")
     _check_base(base.manifest if base else bare, bare, store)  # before any upload: a refused merge writes nothing
+    given = dict(entries or {})
+    foreign = sorted(n for n, e in given.items() if e.backbone_fingerprint != bare.backbone.fingerprint)
+    if foreign:
+        raise ValueError(f"experts {foreign} were trained on another backbone than {bare.backbone.fingerprint[:12]}…; nothing was written")
     before = store.bytes_written
-    pushes: dict[str, ExpertEntry] = stage_blobs(store, blobs, bare.backbone.fingerprint)
+    staged = stage_blobs(store, blobs, bare.backbone.fingerprint)
+    repeated = sorted(set(staged) & set(given))
+    if repeated:
+        raise ValueError(f"experts {repeated} given both as blobs and as entries")
+    pushes: dict[str, ExpertEntry] = {**staged, **given}
     for attempt in range(1, spec.max_merge_retries + 2):
         parent_manifest = base.manifest if base else bare
         _check_base(parent_manifest, bare, store)
         manifest = merge(parent_manifest, pushes, [p for p in pops if p in parent_manifest.experts],
                          router=router, parent=base.version if base else None)
         manifest = manifest.model_copy(update={"storage": manifest.storage or store.spec})
-        verify_present(manifest, store, [e.sha256 for e in pushes.values()])
+        verify_present(manifest, store, [e.sha256 for e in staged.values()])
         version = _register(spec, manifest, _tags(manifest, base.version if base else None, pushes, pops))
         client(spec).set_model_version_tag(spec.model_name, str(version), PUBLISHED_TAG, "true")
         if version in valid_versions(spec):

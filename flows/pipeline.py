@@ -46,16 +46,19 @@ def run_pipeline(spec: PipelineSpec, only: list[str] | None = None) -> dict:
     started = time.perf_counter()
     trained = with_slots(spec)(spec, jobs)
     train_wall = time.perf_counter() - started
-    trained["failures"].update(unreadable)
-    if not trained["results"]:
-        raise RuntimeError(f"every expert job failed: {trained['failures']}")
-    merged = merge(spec, trained["results"])
-    evaluated = evaluate(spec, merged["version"], [r["expert"] for r in trained["results"]], [r["run_id"] for r in trained["results"]])
-    return {"trained": [r["expert"] for r in trained["results"]], "skipped": skipped, "failures": trained["failures"],
-            "version": merged["version"], "promote": evaluated["promote"], "report": evaluated["report"],
-            "evaluation_run_id": evaluated["evaluation_run_id"], "train_run_ids": [r["run_id"] for r in trained["results"]],
-            "timings": {"train_jobs_s": {r["expert"]: r["seconds"] for r in trained["results"]}, "train_wall_s": train_wall,
-                        "merge_s": merged["seconds"], "evaluate_s": evaluated["seconds"]}}
+    failures = {**trained.failures, **unreadable}
+    if not trained.results:
+        raise RuntimeError(f"every expert job failed: {failures}")
+    started = time.perf_counter()
+    merged = merge(spec, list(trained.results))
+    merge_s = time.perf_counter() - started
+    names, run_ids = [t.name for t in trained.results], [t.entry.run_id for t in trained.results]
+    evaluated = evaluate(spec, merged.version, names, run_ids)
+    return {"trained": names, "skipped": skipped, "failures": failures,
+            "version": merged.version, "promote": evaluated["promote"], "report": evaluated["report"],
+            "evaluation_run_id": evaluated["evaluation_run_id"], "train_run_ids": run_ids,
+            "timings": {"train_jobs_s": {t.name: t.seconds for t in trained.results}, "train_wall_s": train_wall,
+                        "merge_s": merge_s, "evaluate_s": evaluated["seconds"]}}
 
 
 @flow(name="pipeline")

@@ -1,8 +1,9 @@
 """Train one expert: `train_expert(job)` for the flows, `python -m lightning_modules.train` by hand.
 
 One job = one MLflow run: params (the whole job spec), tags (expert, domain, backbone and data
-fingerprints), metrics (train/val loss, tokens/s, lr), and artifacts (the expert blob, the resolved
-config, the last expert-only checkpoint). Only global rank 0 writes the blob and the artifacts.
+fingerprints, blob sha256), metrics (train/val loss, tokens/s, lr), and artifacts (the resolved config,
+the last expert-only checkpoint, and the expert blob unless the job puts it into a blob store). Only
+global rank 0 writes the blob and the artifacts. The result is a `ccoe.manifest.TrainedExpert`.
 
 Multi-process strategies (`ddp`, several devices or nodes) re-execute the entry point for every rank,
 so `train_expert` runs them as a `python -m lightning_modules.train` subprocess and reads its result
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -35,7 +35,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from ccoe.backbone import load_backbone
 from ccoe.config import ExpertJobSpec, load_yaml
 from ccoe.expert import expert_from_spec, save_expert
+from ccoe.manifest import ExpertEntry, TrainedExpert
 from ccoe.model import CCoEModel
+from ccoe.storage import BlobStore
 from lightning_modules.checkpoint_io import SafeCheckpointIO, local_checkpoint
 from lightning_modules.expert_module import DomainDataModule, ExpertModule
 from lightning_modules.tracking import fail_dead_runs, job_params, log_files, make_logger
@@ -43,24 +45,6 @@ from lightning_modules.tracking import fail_dead_runs, job_params, log_files, ma
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Exceptions that mean "the job as given cannot run" (config, data, paths): one line and exit 2.
 USER_ERRORS = (ValueError, KeyError, OSError, yaml.YAMLError)
-
-
-@dataclass
-class ExpertTrainResult:
-    """What a finished job hands to the merge step."""
-
-    expert: str
-    domain: str
-    layers: list[int]
-    blob_path: str
-    sha256: str
-    bytes: int
-    run_id: str
-    backbone_fingerprint: str
-    data_fingerprint: str
-    metrics: dict[str, float]
-    checkpoint_path: str | None
-    seconds: float
 
 
 def _needs_launcher(job: ExpertJobSpec) -> bool:
@@ -96,11 +80,14 @@ def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()
     )
 
 
-def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> ExpertTrainResult | None:
+def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> TrainedExpert | None:
     """Run the job in this process (every rank of a multi-process run calls this). Rank 0 returns the result.
 
-    A bad `resume_from` is refused before anything is loaded. If the job fails after its MLflow run was
-    created, the run is closed as FAILED (a SIGKILL is handled by `tracking.fail_dead_runs` instead).
+    A bad `resume_from` is refused before anything is loaded, and data whose fingerprint differs from
+    the planner's (`job.data_fingerprint`) before any step. With `job.storage` the blob goes straight
+    into that blob store (the MLflow run records its sha256); without, it is logged to the run. If the
+    job fails after its MLflow run was created, the run is closed as FAILED (a SIGKILL is handled by
+    `tracking.fail_dead_runs` instead).
     """
     if resume_from is not None:
         resume_from = str(local_checkpoint(resume_from))
@@ -111,6 +98,11 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Expe
     model.push_expert(expert_from_spec(backbone, job.expert))
     data = DomainDataModule(job.data, job.training, backbone.tokenizer)
     data.setup("fit")
+    if job.data_fingerprint is not None and data.prepared.fingerprint != job.data_fingerprint:
+        raise ValueError(
+            f"the data of expert {job.expert.name!r} changed between planning and training (fingerprint "
+            f"{data.prepared.fingerprint[:12]}…, planned {job.data_fingerprint[:12]}…); run the pipeline again"
+        )
     module = ExpertModule(model, job.expert.name, job.training)
     out_dir = Path(job.output_dir).resolve() / job.expert.name
     tags = {
@@ -135,34 +127,31 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Expe
         config_path = out_dir / "job.yaml"
         job.to_yaml(config_path)
         last = trainer.checkpoint_callback.last_model_path or None
-        files = {"expert": blob.path, "config": config_path}
+        files = {"config": config_path}
+        if job.storage is None:  # the run is the blob's only persistent copy
+            files["expert"] = blob.path
+        else:  # one hop: the blob goes straight to the store the merge reads
+            BlobStore(job.storage).put_blob(Path(blob.path).read_bytes())
         if last:
             files["checkpoints"] = last
         log_files(logger, files)
+        logger.experiment.set_tag(run_id, "ccoe.blob_sha256", blob.sha256)
         logger.experiment.log_metric(run_id, "expert/bytes", float(blob.num_bytes))
     except BaseException:
         logger.finalize("failed")
         raise
     logger.finalize("success")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-    return ExpertTrainResult(
-        expert=job.expert.name,
-        domain=job.expert.domain,
-        layers=list(expert.layer_indices),
-        blob_path=blob.path,
-        sha256=blob.sha256,
-        bytes=blob.num_bytes,
-        run_id=run_id,
-        backbone_fingerprint=backbone.fingerprint,
-        data_fingerprint=data.prepared.fingerprint,
-        metrics=metrics,
-        checkpoint_path=last,
-        seconds=time.perf_counter() - started,
+    entry = ExpertEntry(
+        domain=job.expert.domain, layers=list(expert.layer_indices), sha256=blob.sha256, bytes=blob.num_bytes,
+        backbone_fingerprint=backbone.fingerprint, run_id=run_id, data_fingerprint=data.prepared.fingerprint, metrics=metrics,
     )
+    return TrainedExpert(name=job.expert.name, entry=entry, stored_in=job.storage, blob_path=blob.path, checkpoint_path=last,
+                         seconds=time.perf_counter() - started)
 
 
-def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: bool = False) -> ExpertTrainResult:
-    """Train one expert and return its blob reference, MLflow run id and metrics.
+def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: bool = False) -> TrainedExpert:
+    """Train one expert and return its manifest entry (blob sha256, MLflow run id, data fingerprint, metrics).
 
     Single-process jobs run here unless `isolated` (then in a child process, so a crash or an OOM stays
     there and torch threads do not fight); multi-process jobs always run as a subprocess. The child
@@ -188,7 +177,7 @@ def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: b
             except Exception as err:  # the job's own failure is the error to report, not the tracking store's
                 how += f"; its MLflow run could not be marked FAILED: {_one_line(err)}"
             raise RuntimeError(f"training job for expert {job.expert.name!r} failed ({how}):\n{done.stderr[-3000:]}")
-        return ExpertTrainResult(**json.loads(result.read_text()))
+        return TrainedExpert.model_validate_json(result.read_text())
 
 
 def _one_line(err: BaseException) -> str:
@@ -214,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
     if result is not None:
-        text = json.dumps(asdict(result), indent=2)
+        text = result.model_dump_json(indent=2)
         if args.result:
             args.result.write_text(text)
         print(text)

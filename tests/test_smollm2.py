@@ -64,5 +64,5 @@ def test_example_training_job_runs_two_steps_on_the_real_backbone(tmp_path, smol
         "output_dir": str(tmp_path / "experts"),
     })
     result = train_expert(job)
-    assert result.backbone_fingerprint == smollm2.fingerprint and result.layers == list(range(22, 30))
-    assert 100e6 < result.bytes < 120e6 and result.metrics["train/loss"] < 5
+    assert result.entry.backbone_fingerprint == smollm2.fingerprint and result.entry.layers == list(range(22, 30))
+    assert 100e6 < result.entry.bytes < 120e6 and result.entry.metrics["train/loss"] < 5

@@ -100,7 +100,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical_to_an_uninterrupted_run(lo
     killed_run = _run_status(job, checkpoint.parent.name)  # checkpoints live under the run id
     assert killed_run.info.status == "FAILED"  # closed by the resumed job's sweep (same host, process dead)
     assert "died without closing the run" in killed_run.data.tags["ccoe.failure"]
-    assert _run_status(job, result["run_id"]).info.status == "FINISHED"
+    assert _run_status(job, result["entry"]["run_id"]).info.status == "FINISHED"
 
 
 @pytest.mark.slow

@@ -86,20 +86,28 @@ def test_one_failing_expert_does_not_stop_the_others(tmp_path, prefect_harness):
     assert "the row has ['prompt'] (missing or null: ['response'])" in summary["failures"]["law"]
 
 
-def test_merge_reads_a_blob_trained_on_another_node_from_its_mlflow_run(tmp_path):
-    """With `deployment` set, each expert trains on its own node: the merge cannot see that disk."""
-    from dataclasses import asdict
-
+def test_a_trained_blob_goes_straight_to_the_store_and_merges_without_the_trainers_disk(tmp_path):
+    """With `deployment` set, each expert trains on its own node: the merge cannot see that disk. The
+    job puts its blob into the pipeline's store and hands over a typed entry; its planned data
+    fingerprint must still hold when it trains."""
+    from ccoe.data import data_fingerprint, load_records, to_examples
     from ccoe.pipeline import data_for, merge_results
+    from ccoe.storage import BlobStore
     from lightning_modules.train import train_expert
 
     spec = load_yaml(PipelineSpec, tiny_config(tmp_path))
     plan = spec.experts[1]
-    result = asdict(train_expert(spec.job(plan, data_for(spec, plan))))
-    Path(result["blob_path"]).unlink()  # as seen from the merge pod
-    merged = merge_results(spec, [result])
-    assert merged.manifest.experts["sql"].sha256 == result["sha256"] and merged.manifest.experts["sql"].run_id == result["run_id"]
+    data = data_for(spec, plan)
+    with pytest.raises(ValueError, match="changed between planning and training"):
+        train_expert(spec.job(plan, data, "0" * 64))
+    trained = train_expert(spec.job(plan, data, data_fingerprint(to_examples(load_records(data), data))))
+    assert trained.stored_in == spec.storage and BlobStore(spec.storage).has_blob(trained.entry.sha256, trained.entry.bytes)
+    Path(trained.blob_path).unlink()  # as seen from the merge pod
+    merged = merge_results(spec, [trained])
+    assert merged.manifest.experts["sql"] == trained.entry and merged.bytes_uploaded == 0
 
-    with pytest.raises(ValueError, match="does not match the sha256"):
-        merge_results(spec, [{**result, "sha256": "0" * 64}])
-
+    forged = trained.model_copy(update={"entry": trained.entry.model_copy(update={"sha256": "0" * 64})})
+    with pytest.raises(FileNotFoundError, match="is missing"):
+        merge_results(spec, [forged])
+    with pytest.raises(ValueError, match="were not put into this pipeline's blob store"):
+        merge_results(spec, [trained.model_copy(update={"stored_in": None})])

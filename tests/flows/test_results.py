@@ -5,7 +5,8 @@ import json
 
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
-from ccoe.config import load_yaml, PipelineSpec
+from ccoe.config import PipelineSpec, load_yaml
+from ccoe.manifest import TrainedExpert
 from ccoe.pipeline import data_for
 from flows.train import train_expert_flow
 from tests.flows.conftest import tiny_config
@@ -23,4 +24,5 @@ def test_the_train_expert_result_is_stored_as_json_not_pickle(tmp_path, prefect_
     text = files[0].read_text()
     assert not text.startswith(("gAS", "gAW"))  # base64 of a pickle (protocol 4/5): Prefect's default serializer
     stored = json.loads(text)
-    assert stored["expert"] == plan.expert.name and len(stored["sha256"]) == 64
+    assert stored["name"] == plan.expert.name and len(stored["entry"]["sha256"]) == 64
+    assert TrainedExpert.model_validate(stored).stored_in == spec.storage  # what train_job_remote reads back

@@ -180,21 +180,21 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(job, tmp_p
 def test_train_expert_logs_one_mlflow_run_with_blob_and_lineage(job):
     result = train_expert(job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 6})}))
     backbone = load_backbone(job.backbone)
-    expert = load_expert(result.blob_path, backbone, sha256=result.sha256)
-    assert expert.name == "adder" and list(expert.layer_indices) == result.layers == [2, 3]
-    assert result.backbone_fingerprint == backbone.fingerprint and len(result.data_fingerprint) == 64
-    assert "train/loss" in result.metrics and "val/loss" in result.metrics
+    expert = load_expert(result.blob_path, backbone, sha256=result.entry.sha256)
+    assert expert.name == "adder" and list(expert.layer_indices) == result.entry.layers == [2, 3]
+    assert result.entry.backbone_fingerprint == backbone.fingerprint and len(result.entry.data_fingerprint) == 64
+    assert "train/loss" in result.entry.metrics and "val/loss" in result.entry.metrics
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{Path(job.tracking.root).resolve()}/mlflow.db")
-    run = client.get_run(result.run_id)
+    run = client.get_run(result.entry.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["ccoe.expert"] == "adder" and run.data.tags["ccoe.domain"] == "math"
     assert run.data.tags["ccoe.backbone_fingerprint"] == backbone.fingerprint
-    assert run.data.tags["ccoe.data_fingerprint"] == result.data_fingerprint
+    assert run.data.tags["ccoe.data_fingerprint"] == result.entry.data_fingerprint
     assert run.data.params["expert/layers/k"] == "2" and run.data.params["training/max_steps"] == "6"
     assert run.data.params["data/records"].startswith("<")
     assert {"train/loss", "val/loss", "train/tokens_per_s", "train/lr", "expert/bytes"} <= set(run.data.metrics)
-    artifacts = {a.path for folder in ("expert", "config", "checkpoints") for a in client.list_artifacts(result.run_id, folder)}
+    artifacts = {a.path for folder in ("expert", "config", "checkpoints") for a in client.list_artifacts(result.entry.run_id, folder)}
     assert {"expert/adder.safetensors", "config/job.yaml", "checkpoints/last.ckpt"} <= artifacts
 
 
@@ -211,18 +211,18 @@ def test_cli_entry_point_trains_one_job(job, tmp_path):
     job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 2})}).to_yaml(config)
     result_file = tmp_path / "result.json"
     assert main(["--config", str(config), "--result", str(result_file)]) == 0
-    assert json.loads(result_file.read_text())["expert"] == "adder"
+    assert json.loads(result_file.read_text())["name"] == "adder"
 
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_logs_one_run(job):
     ddp = job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 4, "devices": 2, "strategy": "ddp"})})
     result = train_expert(ddp)
-    assert Path(result.blob_path).is_file() and result.metrics["train/loss"] > 0
+    assert Path(result.blob_path).is_file() and result.entry.metrics["train/loss"] > 0
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{Path(job.tracking.root).resolve()}/mlflow.db")
     experiment = client.get_experiment_by_name(job.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.run_id for r in runs] == [result.run_id]
+    assert [r.info.run_id for r in runs] == [result.entry.run_id]
     assert runs[0].info.status == "FINISHED" and runs[0].data.tags["ccoe.world_size"] == "2"
 
 
