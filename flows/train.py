@@ -29,8 +29,8 @@ class TrainingRound:
 
 @task(task_run_name="train-{job.expert.name}")
 def train_job(job: ExpertJobSpec) -> TrainedExpert:
-    """One expert, trained in a child process."""
-    return train_expert(job, isolated=True)
+    """One expert, trained in a child process whose progress lines go to this task's log."""
+    return train_expert(job, isolated=True, progress=get_run_logger().info)
 
 
 @task(task_run_name="train-{job.expert.name}-on-{deployment}")
@@ -52,7 +52,7 @@ def train_expert_flow(job: ExpertJobSpec) -> dict:
     Prefect's default pickle serializer: result storage is shared, so a result is untrusted input. The
     job runs in a child process, so when the OOM killer takes it, this flow run marks its MLflow run
     FAILED and fails with the reason instead of dying with it."""
-    return train_expert(job, isolated=True).model_dump(mode="json")
+    return train_expert(job, isolated=True, progress=get_run_logger().info).model_dump(mode="json")
 
 
 @flow(name="train-experts")

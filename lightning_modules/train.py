@@ -18,6 +18,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -52,9 +54,34 @@ def _needs_launcher(job: ExpertJobSpec) -> bool:
     return t.devices * t.num_nodes > 1 or t.strategy.startswith("ddp")
 
 
+PROGRESS_PREFIX = "ccoe-progress "
+
+
+class ProgressLines(pl.Callback):
+    """Every `log_every_n_steps` steps (and at the last), rank 0 prints one line: step, loss, seconds
+    per step and ETA, flushed. A person running the CLI reads it; the parent of an isolated job picks
+    the lines out of the child's output by their prefix and forwards them (to the flow's log)."""
+
+    def __init__(self, name: str, every: int):
+        self.name, self.every = name, every
+
+    def on_train_start(self, trainer, pl_module):
+        self._started, self._first_step = time.perf_counter(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step, total = trainer.global_step, trainer.max_steps
+        if not trainer.is_global_zero or (step % self.every and step != total):
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        per_step = (time.perf_counter() - self._started) / max(step - self._first_step, 1)
+        print(f"{PROGRESS_PREFIX}[{self.name}] step {step}/{total} loss {float(loss):.4f} {per_step:.2f} s/step "
+              f"ETA {per_step * (total - step):.0f} s", flush=True)
+
+
 def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()) -> pl.Trainer:
     """The Lightning Trainer of a job: expert-only checkpoints every N steps (and `last.ckpt`), read back
-    only as local files with `weights_only=True` (SafeCheckpointIO)."""
+    only as local files with `weights_only=True` (SafeCheckpointIO), and progress lines (ProgressLines)
+    instead of a progress bar, which is unreadable in a log."""
     t = job.training
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0, every_n_train_steps=t.checkpoint_every_n_steps or t.max_steps)
     return pl.Trainer(
@@ -71,7 +98,8 @@ def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()
         check_val_every_n_epoch=None if t.val_check_interval else 1,
         log_every_n_steps=t.log_every_n_steps,
         logger=logger,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[checkpoint, ProgressLines(job.expert.name, t.log_every_n_steps), *callbacks],
+        enable_progress_bar=False,
         plugins=[SafeCheckpointIO()],
         use_distributed_sampler=False,
         enable_model_summary=False,
@@ -150,13 +178,15 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Trai
                          seconds=time.perf_counter() - started)
 
 
-def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: bool = False) -> TrainedExpert:
+def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: bool = False,
+                 progress: Callable[[str], None] = print) -> TrainedExpert:
     """Train one expert and return its manifest entry (blob sha256, MLflow run id, data fingerprint, metrics).
 
     Single-process jobs run here unless `isolated` (then in a child process, so a crash or an OOM stays
     there and torch threads do not fight); multi-process jobs always run as a subprocess. The child
-    works in this process's directory (relative paths in the job mean the same in both), and when it
-    dies without closing its MLflow run (SIGKILL, OOM killer) this parent marks that run FAILED.
+    works in this process's directory (relative paths in the job mean the same in both), its progress
+    lines go to `progress` as they come (the flows pass their logger), and when it dies without closing
+    its MLflow run (SIGKILL, OOM killer) this parent marks that run FAILED.
     """
     if resume_from is not None:
         resume_from = str(local_checkpoint(resume_from).resolve())
@@ -169,15 +199,28 @@ def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: b
         if resume_from:
             command += ["--resume-from", resume_from]
         path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        done = subprocess.run(command, check=False, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
-        if done.returncode != 0:
-            how = f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"exit {done.returncode}"
+        returncode, tail = _run_child(command, {**os.environ, "PYTHONPATH": path}, progress)
+        if returncode != 0:
+            how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit {returncode}"
             try:
                 fail_dead_runs(job)
             except Exception as err:  # the job's own failure is the error to report, not the tracking store's
                 how += f"; its MLflow run could not be marked FAILED: {_one_line(err)}"
-            raise RuntimeError(f"training job for expert {job.expert.name!r} failed ({how}):\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"training job for expert {job.expert.name!r} failed ({how}):\n{tail[-3000:]}")
         return TrainedExpert.model_validate_json(result.read_text())
+
+
+def _run_child(command: list[str], env: dict[str, str], progress: Callable[[str], None]) -> tuple[int, str]:
+    """Run a training child; forward its progress lines as they come, keep the rest of its output's tail
+    for the error message. Returns (exit status, tail)."""
+    tail: collections.deque[str] = collections.deque(maxlen=400)
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as child:
+        for line in child.stdout:
+            if line.startswith(PROGRESS_PREFIX):
+                progress(line[len(PROGRESS_PREFIX):].rstrip())
+            else:
+                tail.append(line)
+    return child.returncode, "".join(tail)
 
 
 def _one_line(err: BaseException) -> str:

@@ -262,3 +262,14 @@ def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(job, tmp_pat
 
     assert running["debug"].returncode == 1 and "Traceback (most recent call last)" in stderr["debug"]
     assert "ValueError" in stderr["debug"] and "max_steps" in stderr["debug"]
+
+
+def test_an_isolated_job_reports_its_progress_as_it_trains(job):
+    """A job in a child process is not silent: every log_every_n_steps steps one line reaches the parent."""
+    import re
+
+    lines = []
+    short = job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 5, "log_every_n_steps": 2})})
+    train_expert(short, isolated=True, progress=lines.append)
+    assert [re.sub(r"loss \S+ \S+ s/step ETA \d+ s", "loss L T s/step ETA E s", line) for line in lines] == [
+        f"[adder] step {step}/5 loss L T s/step ETA E s" for step in (2, 4, 5)]
