@@ -1,4 +1,7 @@
-"""The MLflow model registry of CCoE manifests (the only module of `ccoe` that imports mlflow).
+"""MLflow for ccoe, in one module: the model registry of CCoE manifests, store URIs, experiment
+get-or-create, run logging (evaluations, training runs and their clean-up) and the pyfunc. Nothing else
+in ccoe, lightning_modules or flows imports mlflow, and nothing here sets MLflow's process-wide state:
+every call goes through a client made for the spec at hand.
 
 A registered model version holds one manifest (`ccoe.json`) inside an MLflow pyfunc model whose
 code is `ccoe/pyfunc_entry.py` (models-from-code: no pickle). Expert blobs stay in the blob store the
@@ -26,6 +29,7 @@ made before its own check, so a slow writer can put back an older version only b
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,11 +37,12 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import psutil
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ccoe.artifact import ExpertBlob, model_from_manifest, stage_blobs
-from ccoe.config import RegistrySpec, RouterSpec, check_name, mlflow_artifact_root, mlflow_store_uri
+from ccoe.config import RegistrySpec, RouterSpec, TrackingSpec, check_name, mlflow_artifact_root, mlflow_store_uri
 from ccoe.generation import generate_text
 from ccoe.manifest import MANIFEST_NAME, ExpertEntry, Manifest, blob_store_for, merge, verify_present
 from ccoe.storage import BlobStore
@@ -168,10 +173,14 @@ decision with the per-domain scores. Serve it with `mlflow models serve -m model
 rows of prompt (and optionally expert, max_new_tokens) -> text, expert, reason."""
 
 
+INPUT_EXAMPLE = pd.DataFrame({"prompt": ["What is 12 + 30?", "Is the defendant liable for the injury?"],
+                              "expert": [None, "law"], "max_new_tokens": [16, 16]})
+
+
 def pyfunc_signature():
     """The pyfunc's request and reply columns. Given explicitly: the predict type hints (DataFrames)
-    cannot yield one, and an input example would make `log_model` load the backbone and every expert
-    to validate it on each merge."""
+    cannot yield one, and inferring it from INPUT_EXAMPLE would load the backbone and every expert on
+    each merge (`save_model` stores the example without running the model)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
@@ -194,21 +203,29 @@ def version_description(manifest: Manifest, parent: int | None) -> str:
 
 
 def _register(spec: RegistrySpec, manifest: Manifest, tags: dict[str, str]) -> int:
+    """Log the manifest as a pyfunc model in a run of the registry's experiment and register it.
+
+    Everything goes through this spec's client (create the run, save the model locally, upload it,
+    register from the run's artifact URI): MLflow's fluent API would need the process-wide tracking
+    URI, which `mlflow.set_tracking_uri` also writes into MLFLOW_TRACKING_URI for every later client
+    and child process."""
     mlc = client(spec)
-    mlflow.set_tracking_uri(tracking_uri(spec))
-    mlflow.set_registry_uri(tracking_uri(spec))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / MANIFEST_NAME
-        path.write_text(manifest.to_json())
-        with mlflow.start_run(experiment_id=_experiment_id(spec, mlc), run_name=f"register-{spec.model_name}") as run:
-            mlflow.set_tags({k: v for k, v in tags.items() if k != PARENT_TAG})
-            info = mlflow.pyfunc.log_model(
-                name="ccoe", python_model=str(ENTRY_FILE), artifacts={"manifest": str(path)},
-                pip_requirements=["ccoe"], signature=pyfunc_signature(),
-            )
-            _ensure_registered_model(mlc, spec.model_name)
-            mv = mlc.create_model_version(spec.model_name, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id,
-                                          description=version_description(manifest, manifest.parent))
+    run = mlc.create_run(_experiment_id(spec, mlc), run_name=f"register-{spec.model_name}",
+                         tags={k: v for k, v in tags.items() if k != PARENT_TAG})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / MANIFEST_NAME
+            path.write_text(manifest.to_json())
+            mlflow.pyfunc.save_model(Path(tmp) / "ccoe", python_model=str(ENTRY_FILE), artifacts={"manifest": str(path)},
+                                     pip_requirements=["ccoe"], signature=pyfunc_signature(), input_example=INPUT_EXAMPLE)
+            mlc.log_artifacts(run.info.run_id, str(Path(tmp) / "ccoe"), "ccoe")
+        _ensure_registered_model(mlc, spec.model_name)
+        mv = mlc.create_model_version(spec.model_name, f"{run.info.artifact_uri}/ccoe", run_id=run.info.run_id, tags=tags,
+                                      description=version_description(manifest, manifest.parent))
+    except BaseException:
+        mlc.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    mlc.set_terminated(run.info.run_id)
     return int(mv.version)
 
 
@@ -379,6 +396,72 @@ def log_run(spec: RegistrySpec, run_name: str, *, params: Mapping[str, str] | No
         mlc.log_artifact(run.info.run_id, str(path))
     mlc.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+# -- training runs ------------------------------------------------------------------------------------
+#
+# A training job killed with SIGKILL (OOM killer, evicted pod, `kill -9`) cannot close its run, which
+# would stay RUNNING forever. Every training run is tagged with the host, pid and start time of the
+# process that owns it (`process_tags`), and `fail_dead_runs` marks FAILED the RUNNING runs of one
+# expert whose owner process, recorded on this host, is gone. It never touches another expert's runs,
+# a run owned by a live process, or a run recorded on another host (possibly alive there).
+
+EXPERT, HOST, PID, PID_STARTED, FAILURE = "ccoe.expert", "ccoe.host", "ccoe.pid", "ccoe.pid_started", "ccoe.failure"
+
+
+def training_store(tracking: TrackingSpec) -> tuple[str, str | None]:
+    """(tracking URI, artifact root) of training runs, with the experiment made (race-safe get-or-create:
+    sibling jobs on a fresh server create it at the same moment)."""
+    uri = mlflow_store_uri(tracking.tracking_uri, tracking.root)
+    artifacts = mlflow_artifact_root(tracking.tracking_uri, tracking.artifact_location, tracking.root)
+    experiment_id(MlflowClient(tracking_uri=uri), tracking.experiment, artifacts)
+    return uri, artifacts
+
+
+def process_tags() -> dict[str, str]:
+    """The owner of a run: host, pid, and the process's start time (so a reused pid is not taken for it)."""
+    me = psutil.Process()
+    return {HOST: socket.gethostname(), PID: str(me.pid), PID_STARTED: repr(me.create_time())}
+
+
+def _process_alive(pid: int, started: float) -> bool:
+    """Whether process `pid`, started at `started` (epoch seconds), still runs. A zombie (killed, not
+    yet reaped) is dead; a pid now held by a process started at another time is a different process."""
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def fail_dead_runs(tracking: TrackingSpec, expert: str) -> list[str]:
+    """Mark FAILED the RUNNING training runs of `expert` whose owner process, recorded on this host, is dead.
+
+    Returns the run ids marked. Runs without owner tags (older code) are left alone: nothing proves them dead.
+    """
+    client = MlflowClient(tracking_uri=mlflow_store_uri(tracking.tracking_uri, tracking.root))
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        return []
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{EXPERT}` = '{expert}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    marked = []
+    for run in runs:
+        tags = run.data.tags
+        if tags.get(HOST) != host or PID not in tags or PID_STARTED not in tags:
+            continue
+        if _process_alive(int(tags[PID]), float(tags[PID_STARTED])):
+            continue
+        client.set_tag(run.info.run_id, FAILURE, f"process {tags[PID]} on {host} died without closing the run (killed?)")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        marked.append(run.info.run_id)
+    return marked
 
 
 # -- serving ------------------------------------------------------------------------------------------

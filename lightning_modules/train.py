@@ -34,6 +34,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from ccoe import registry
 from ccoe.backbone import load_backbone
 from ccoe.config import ExpertJobSpec, load_yaml
 from ccoe.expert import expert_from_spec, save_expert
@@ -42,7 +43,7 @@ from ccoe.model import CCoEModel
 from ccoe.storage import BlobStore
 from lightning_modules.checkpoint_io import SafeCheckpointIO, local_checkpoint
 from lightning_modules.expert_module import DomainDataModule, ExpertModule
-from lightning_modules.tracking import fail_dead_runs, job_params, log_files, make_logger
+from lightning_modules.tracking import job_params, log_files, make_logger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Exceptions that mean "the job as given cannot run" (config, data, paths): one line and exit 2.
@@ -115,7 +116,7 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Trai
     the planner's (`job.data_fingerprint`) before any step. With `job.storage` the blob goes straight
     into that blob store (the MLflow run records its sha256); without, it is logged to the run. If the
     job fails after its MLflow run was created, the run is closed as FAILED (a SIGKILL is handled by
-    `tracking.fail_dead_runs` instead).
+    `registry.fail_dead_runs` instead).
     """
     if resume_from is not None:
         resume_from = str(local_checkpoint(resume_from))
@@ -203,7 +204,7 @@ def train_expert(job: ExpertJobSpec, resume_from: str | None = None, isolated: b
         if returncode != 0:
             how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit {returncode}"
             try:
-                fail_dead_runs(job)
+                registry.fail_dead_runs(job.tracking, job.expert.name)
             except Exception as err:  # the job's own failure is the error to report, not the tracking store's
                 how += f"; its MLflow run could not be marked FAILED: {_one_line(err)}"
             raise RuntimeError(f"training job for expert {job.expert.name!r} failed ({how}):\n{tail[-3000:]}")

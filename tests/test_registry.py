@@ -254,10 +254,14 @@ def test_export_loads_in_transformers_with_equal_logits(backbone, tmp_path, caps
 def test_versions_are_readable_in_the_registry_ui_and_have_a_signature(backbone, reg, tmp_path, caplog):
     store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
     bare = bare_manifest(backbone)
-    with caplog.at_level("WARNING"):
+    import warnings
+
+    with caplog.at_level("WARNING"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "math", "math", [3], run_id="run-m")])
         second = registry.merge_and_register(reg, store, bare=bare, blobs=[make_blob(backbone, "law", "law", [1], seed=2)])
-    assert "Failed to infer model signature" not in caplog.text
+    said = caplog.text + "\n".join(str(w.message) for w in caught)
+    assert "Failed to infer model signature" not in said and "input example was not provided" not in said
     mlc = registry.client(reg)
     assert mlc.get_registered_model(reg.model_name).description == registry.MODEL_DESCRIPTION
     description = mlc.get_model_version(reg.model_name, "2").description
@@ -267,6 +271,8 @@ def test_versions_are_readable_in_the_registry_ui_and_have_a_signature(backbone,
     assert mlc.get_model_version(reg.model_name, "2").description == f"{description}\n\n## Gate decision"
     local = mlflow.artifacts.download_artifacts(artifact_uri=mlc.get_model_version_download_uri(reg.model_name, "2"),
                                                 dst_path=str(tmp_path / "model"), tracking_uri=registry.tracking_uri(reg))
-    signature = mlflow.models.Model.load(local).signature
+    logged = mlflow.models.Model.load(local)
+    assert logged.load_input_example(local).equals(registry.INPUT_EXAMPLE)
+    signature = logged.signature
     assert [c.name for c in signature.inputs.inputs] == ["prompt", "expert", "max_new_tokens"]
     assert [c.name for c in signature.outputs.inputs] == ["text", "expert", "reason"]

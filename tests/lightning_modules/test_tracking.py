@@ -1,4 +1,4 @@
-"""lightning_modules.tracking: runs left RUNNING by dead processes are closed, and only those."""
+"""ccoe.registry (training runs): runs left RUNNING by dead processes are closed, and only those."""
 
 import os
 import socket
@@ -7,7 +7,7 @@ import psutil
 from mlflow import MlflowClient
 
 from ccoe.config import BackboneSpec, DataSpec, ExpertJobSpec, ExpertSpec, TrackingSpec
-from lightning_modules.tracking import fail_dead_runs, process_tags
+from ccoe.registry import fail_dead_runs, process_tags
 
 
 def _job(tmp_path, expert="adder"):
@@ -39,15 +39,15 @@ def test_only_runs_of_the_same_expert_owned_by_a_dead_process_on_this_host_are_f
         runs[name] = client.create_run(experiment, tags={"ccoe.expert": expert, **tags}).info.run_id
     client.set_terminated(runs["dead here, finished"], status="FINISHED")
 
-    assert fail_dead_runs(job) == [runs["dead here"]]
+    assert fail_dead_runs(job.tracking, job.expert.name) == [runs["dead here"]]
     status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
     assert status == {
         "dead here": "FAILED", "dead here, finished": "FINISHED", "alive here": "RUNNING",
         "dead, other host": "RUNNING", "dead, other expert": "RUNNING", "no owner tags": "RUNNING",
     }
     assert f"process {os.getpid()} on {socket.gethostname()} died" in client.get_run(runs["dead here"]).data.tags["ccoe.failure"]
-    assert fail_dead_runs(job) == []
+    assert fail_dead_runs(job.tracking, job.expert.name) == []
 
 
 def test_no_experiment_yet_is_nothing_to_fail(tmp_path):
-    assert fail_dead_runs(_job(tmp_path)) == []
+    assert fail_dead_runs(_job(tmp_path).tracking, "adder") == []
