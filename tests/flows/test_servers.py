@@ -88,6 +88,7 @@ def test_pipeline_with_an_mlflow_server_and_s3(tmp_path, s3_server, prefect_harn
         assert {r.info.run_id for r in mlc.search_runs([experiment.experiment_id])} == set(summary["train_run_ids"])
         keys = [o["Key"] for o in _client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]]
         assert sum(k.startswith(f"{prefix}/blobs/blobs/") for k in keys) == 2
-        assert any(k.startswith(f"{prefix}/mlflow/") and k.endswith(".safetensors") for k in keys)  # run artifacts on S3
+        assert any(k.startswith(f"{prefix}/mlflow/") and k.endswith("/config/job.yaml") for k in keys)  # run artifacts on S3
+        assert not any(k.startswith(f"{prefix}/mlflow/") and k.endswith(".safetensors") for k in keys)  # one hop: blobs only in the store
     finally:
         stop(server)
