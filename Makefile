@@ -56,6 +56,7 @@ bench: setup
 	$(PY) benchmarks/bench_training.py --out benchmarks/results/training.md
 	$(PY) benchmarks/bench_merge.py --out benchmarks/results/merge.md
 	$(PY) benchmarks/bench_pipeline.py --out benchmarks/results/pipeline.md
+	$(PY) benchmarks/bench_cli.py --out benchmarks/results/cli.md
 	$(PY) benchmarks/collect.py > BENCHMARKS.md
 
 data: setup

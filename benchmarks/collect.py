@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import transformers
 
-SECTIONS = ["runtime.md", "inference.md", "training.md", "merge.md", "pipeline.md"]
+SECTIONS = ["runtime.md", "inference.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
 OPTIONAL = {"domains.md": "make domain-report"}  # ~25 min of CPU training: not part of `make bench`
 
 
