@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -18,8 +19,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from ccoe.backbone import load_backbone
-from ccoe.config import BackboneSpec
+from ccoe.config import BackboneSpec, StorageSpec
 from ccoe.model import CCoEModel
+from ccoe.storage import BlobStore
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 pytest_plugins = ["tests.s3_server"]  # the session-scoped real S3 server fixture `s3_server`
@@ -50,6 +52,17 @@ def perturb(expert, scale: float = 0.05, seed: int = 1):
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CCOE_CACHE", str(tmp_path_factory.getbasetemp() / "ccoe-cache"))
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    """A blob store on a local folder, then on the session's real S3 server (SeaweedFS)."""
+    from tests.s3_server import BUCKET
+
+    if request.param == "local":
+        return BlobStore(StorageSpec(uri=str(tmp_path / "blobs-root")))
+    endpoint = request.getfixturevalue("s3_server")
+    return BlobStore(StorageSpec(uri=f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=endpoint, region="us-east-1"))
 
 
 @pytest.fixture(params=ARCHITECTURES)

@@ -5,7 +5,6 @@ import json
 import os
 import sys
 import urllib.request
-import uuid
 
 import mlflow
 import pandas as pd
@@ -24,21 +23,12 @@ from ccoe.model import CCoEModel
 from ccoe.storage import BlobStore
 from tests.conftest import perturb, tiny_spec
 from tests.processes import free_port, start, stop, wait_http
-from tests.s3_server import BUCKET
 from tests.test_router import ROUTER_YAML
 
 
 @pytest.fixture
 def backbone(local_backbone_dir):
     return load_backbone(BackboneSpec(source=str(local_backbone_dir)))
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return BlobStore(StorageSpec(uri=str(tmp_path / "blobs-root")))
-    endpoint = request.getfixturevalue("s3_server")
-    return BlobStore(StorageSpec(uri=f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=endpoint, region="us-east-1"))
 
 
 @pytest.fixture

@@ -90,18 +90,6 @@ def test_a_temporary_left_by_a_killed_writer_is_swept(backbone, local_store):
     assert not os.path.exists(stale) and os.path.exists(alive)  # a live writer's temporary is left alone
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request, tmp_path):
-    import uuid
-
-    from tests.s3_server import BUCKET
-
-    if request.param == "local":
-        return BlobStore(StorageSpec(uri=str(tmp_path / "blobs-root")))
-    endpoint = request.getfixturevalue("s3_server")
-    return BlobStore(StorageSpec(uri=f"s3://{BUCKET}/{uuid.uuid4().hex}", endpoint_url=endpoint, region="us-east-1"))
-
-
 def test_a_same_size_corrupt_blob_is_not_referenced_by_a_new_version(backbone, reg, store):
     bare = bare_manifest(backbone)
     math = make_blob(backbone, "math", "math", [3])
