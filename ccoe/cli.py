@@ -308,7 +308,9 @@ def parser() -> argparse.ArgumentParser:
     gc.add_argument("--model", action="append", help="registered model whose versions (all of them) reference the store; repeatable")
     gc.add_argument("--tracking-uri", help=tracking_help)
     gc.add_argument("--artifact", action="append", help="artifact folder whose manifest references the store; repeatable")
-    gc.add_argument("--min-age-hours", type=float, default=1.0, help="keep unreferenced blobs younger than this (default 1)")
+    gc.add_argument("--min-age-hours", type=float, default=24.0,
+                    help="keep unreferenced blobs younger than this (default 24: training jobs put their blobs into the store "
+                         "when they finish, and the merge that references them runs after the slowest job)")
     gc.add_argument("--delete", action="store_true", help="remove them (default: only list them)")
     gc.set_defaults(func=_cmd_gc)
     return p

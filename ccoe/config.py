@@ -251,8 +251,17 @@ class TrainingSpec(Spec):
     accelerator: str = "cpu"
     devices: int = Field(1, ge=1)
     num_nodes: int = Field(1, ge=1)
-    strategy: str = "auto"
+    strategy: str = Field("auto", description="Lightning strategy: auto or the ddp family")
     seed: int = 0
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, value: str) -> str:
+        """Only strategies that read checkpoints through the Trainer's checkpoint plugin (our
+        weights-only loader): FSDP and DeepSpeed load a resumed checkpoint with their own unpickler."""
+        if value != "auto" and not value.startswith("ddp"):
+            raise ValueError(f"training strategy {value!r} is not supported; use 'auto' or a ddp strategy (ddp, ddp_spawn, ...)")
+        return value
 
 
 def _all_optional(model: type[Spec], name: str, doc: str) -> type[Spec]:
@@ -399,6 +408,8 @@ class RegistrySpec(Spec):
     artifact_location: str | None = None
     root: str = "mlruns"
     max_merge_retries: int = Field(3, ge=0)
+    publish_timeout_s: float = Field(120.0, gt=0, description="a created but unpublished version older than this is an orphan "
+                                     "(a crashed merge); a merge publishes its own only within half of it")
 
     @field_validator("tracking_uri")
     @classmethod

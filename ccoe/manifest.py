@@ -231,13 +231,14 @@ class GarbageReport:
         return sum(b.bytes for b in self.unreferenced)
 
 
-def collect_garbage(store: BlobStore, referenced: Iterable[str], *, delete: bool = False, min_age_s: float = 3600.0,
+def collect_garbage(store: BlobStore, referenced: Iterable[str], *, delete: bool = False, min_age_s: float = 86400.0,
                     now: float | None = None) -> GarbageReport:
     """Blobs of `store` that no sha256 in `referenced` names; removed only with `delete=True`.
 
     `referenced` must come from every manifest that may use this store (all registry versions,
     whatever their alias or status, and every artifact folder given). Blobs younger than `min_age_s`
-    are kept: a merge uploads its blobs before it registers the version that references them.
+    are kept: training jobs put their blobs into the store as they finish, and the merge that references
+    them runs after the slowest job (hours, for real experts).
     """
     keep, now = set(referenced), time.time() if now is None else now
     stored = [b for b in store.list_blobs() if b.sha256 not in keep]
@@ -260,9 +261,21 @@ def read_manifest(root: str | StorageSpec) -> Manifest:
     return Manifest.model_validate_json(store.get(MANIFEST_NAME))
 
 
-def blob_store_for(manifest: Manifest, manifest_root: str | StorageSpec | None) -> BlobStore:
+def blob_store_for(manifest: Manifest, manifest_root: str | StorageSpec | None, configured: StorageSpec | None = None) -> BlobStore:
+    """The blob store of a manifest's experts.
+
+    A manifest is untrusted: its `storage` may say where the blobs are, but not which environment
+    variables hold the credentials (a hostile manifest could name any variable, say a password, and an
+    endpoint of its own, and the S3 client would send that value there as its access key). With
+    `configured` (the caller's own store, e.g. a pipeline's) the manifest's must be that store, and
+    the configured one is used; without, only the default AWS variables and credential chain are used.
+    """
     if manifest.storage is not None:
-        return BlobStore(manifest.storage)
+        if configured is not None:
+            if manifest.storage != configured:
+                raise ValueError(f"the manifest keeps its blobs at {manifest.storage.uri}, not in the configured store {configured.uri}")
+            return BlobStore(configured)
+        return BlobStore(StorageSpec(uri=manifest.storage.uri, endpoint_url=manifest.storage.endpoint_url, region=manifest.storage.region))
     if manifest_root is None:
         raise ValueError("this manifest keeps its blobs next to itself, but no manifest folder was given")
     return BlobStore(manifest_root)

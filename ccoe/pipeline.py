@@ -161,7 +161,7 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
     for label, manifest in manifests.items():
         if manifest is None:
             continue
-        store = blob_store_for(manifest, None)
+        store = blob_store_for(manifest, None, spec.storage)
         for name, entry in manifest.experts.items():
             if entry.sha256 not in routes_by_sha:
                 route_name = name if name not in model.experts else f"{name}-{label}"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +142,18 @@ def referenced_blobs(spec: RegistrySpec) -> set[str]:
     """sha256 of every expert blob that any version of the model references: every version counts,
     whatever its alias, status or publication, so garbage collection never breaks one. A version
     whose manifest cannot be read is an error (an incomplete answer could delete a live blob)."""
+    try:  # not `_versions`: an unreachable or unauthorised registry must not look like one with no versions
+        versions = client(spec).search_model_versions(f"name='{spec.model_name}'", max_results=200_000)
+    except MlflowException as err:
+        raise ValueError(f"cannot list the versions of {spec.model_name!r} at {tracking_uri(spec)}: {err}; nothing is collected") from None
+    if not versions:
+        raise ValueError(f"{spec.model_name!r} has no versions at {tracking_uri(spec)} (a typo in --model or --tracking-uri?); "
+                           "nothing is collected")
     shas: set[str] = set()
-    for mv in _versions(spec):
+    for mv in versions:
         found = get_version(spec, int(mv.version))
         if found is None:
-            raise RuntimeError(f"version {mv.version} of {spec.model_name!r} could not be read; nothing is collected")
+            raise ValueError(f"version {mv.version} of {spec.model_name!r} could not be read; nothing is collected")
         shas.update(entry.sha256 for entry in found.manifest.experts.values())
     return shas
 
@@ -310,8 +318,14 @@ def merge_and_register(
                          router=router, parent=base.version if base else None)
         manifest = manifest.model_copy(update={"storage": manifest.storage or store.spec})
         verify_present(manifest, store, [e.sha256 for e in staged.values()])
+        created = time.monotonic()
         version = _register(spec, manifest, _tags(manifest, base.version if base else None, pushes, pops))
+        if time.monotonic() - created > spec.publish_timeout_s / 2:  # others may already take it for an orphan
+            client(spec).set_model_version_tag(spec.model_name, str(version), STATUS_TAG, "superseded")
+            base = _newest_valid(spec)
+            continue
         client(spec).set_model_version_tag(spec.model_name, str(version), PUBLISHED_TAG, "true")
+        _await_in_flight(spec, manifest.parent or 0, version, created)
         if version in valid_versions(spec):
             advance_alias(spec, alias, version)
             return MergeResult(version, manifest, store.bytes_written - before, attempt)
@@ -321,6 +335,25 @@ def merge_and_register(
         f"merge into {spec.model_name!r} lost the race {spec.max_merge_retries + 1} times to concurrent merges; "
         "nothing was aliased; run it again"
     )
+
+
+def _await_in_flight(spec: RegistrySpec, parent: int, version: int, created: float) -> None:
+    """Wait until no version between `parent` and `version` is still in flight (created, unpublished,
+    younger than `publish_timeout_s`). Why: validity is judged in creation order, so a version created
+    before ours but published after our check would invalidate ours after we returned; waiting for it
+    makes whichever of the two is checked last see both. An older unpublished version is an orphan (its
+    merge publishes within half the timeout or not at all). Ages are measured on the registry's clock:
+    our version's creation timestamp plus the time since `created` (monotonic, taken when our
+    registration began, so ages come out high by at most the registration's few seconds)."""
+    mlc = client(spec)
+    own_created_ms = mlc.get_model_version(spec.model_name, str(version)).creation_timestamp
+    while True:
+        now_ms = own_created_ms + 1000 * (time.monotonic() - created)
+        waiting = [mv for mv in _versions(spec) if parent < int(mv.version) < version and mv.tags.get(PUBLISHED_TAG) != "true"
+                   and mv.tags.get(STATUS_TAG) not in RETIRED and now_ms - mv.creation_timestamp < 1000 * spec.publish_timeout_s]
+        if not waiting:
+            return
+        time.sleep(0.25)
 
 
 def _check_base(parent: Manifest, bare: Manifest, store: BlobStore) -> None:
@@ -373,14 +406,6 @@ def tag_version(spec: RegistrySpec, version: int, tags: Mapping[str, str]) -> No
     mlc = client(spec)
     for key, value in tags.items():
         mlc.set_model_version_tag(spec.model_name, str(version), key, value)
-
-
-def run_artifact_bytes(tracking_uri_: str, run_id: str, artifact_path: str) -> bytes:
-    """One artifact of a run, read through the tracking server (e.g. the expert blob a training job on
-    another node logged under `expert/`)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp, tracking_uri=tracking_uri_)
-        return Path(local).read_bytes()
 
 
 def log_run(spec: RegistrySpec, run_name: str, *, params: Mapping[str, str] | None = None,

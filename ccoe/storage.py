@@ -145,14 +145,14 @@ class BlobStore:
         self.bytes_written += len(data)
 
     def _sweep_stale_temporaries(self, folder: str) -> None:
-        """Remove `.NAME.<host>.<pid>.tmp` files of writers on this host whose process is gone."""
-        host = socket.gethostname()
+        """Remove `.NAME.<host>.<pid>.tmp` files of writers on this host whose process is gone (a host name
+        may hold dots: it is matched as the whole text between the blob name and the pid)."""
+        mine = re.compile(rf"\..+\.{re.escape(socket.gethostname())}\.([0-9]+)\.tmp")
         for entry in os.scandir(folder):
-            parts = entry.name.rsplit(".", 3)
-            if entry.name.startswith(".") and len(parts) == 4 and parts[3] == "tmp" and parts[1] == host and parts[2].isdecimal() and parts[2].isascii():
-                if not _pid_alive(int(parts[2])):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+            match = mine.fullmatch(entry.name)
+            if match and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
     def list_blobs(self) -> list[StoredBlob]:
         """Every `blobs/<sha256>.safetensors` in the store (temporaries and foreign files are not blobs)."""

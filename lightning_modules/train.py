@@ -170,7 +170,8 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Trai
         logger.finalize("failed")
         raise
     logger.finalize("success")
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    # Finite values only: JSON (results, manifests) has no NaN, and a diverged run must still hand over its result.
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v)}
     entry = ExpertEntry(
         domain=job.expert.domain, layers=list(expert.layer_indices), sha256=blob.sha256, bytes=blob.num_bytes,
         backbone_fingerprint=backbone.fingerprint, run_id=run_id, data_fingerprint=data.prepared.fingerprint, metrics=metrics,

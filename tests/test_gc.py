@@ -67,3 +67,12 @@ def test_gc_command_is_a_dry_run_unless_told_and_counts_artifact_folders(world, 
     out = capsys.readouterr().out
     assert "1 referenced blobs kept; 2 unreferenced" in out and manifest_sha not in out  # math and sql, not law
     assert main(["gc", "--storage", store.spec.uri]) == 2
+
+
+def test_gc_refuses_to_collect_against_a_model_with_no_versions(world, capsys):
+    """A typo in --model (or an empty registry at a wrong --tracking-uri) must not make every blob look unreferenced."""
+    reg, store, _, _ = world
+    before = _shas(store)
+    args = ["gc", "--storage", store.spec.uri, "--tracking-uri", registry.tracking_uri(reg), "--min-age-hours", "0", "--delete"]
+    assert main([*args, "--model", "ccoe_gc_typo"]) == 2
+    assert "'ccoe_gc_typo' has no versions" in capsys.readouterr().err and _shas(store) == before

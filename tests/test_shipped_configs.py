@@ -62,3 +62,9 @@ def test_overrides_keep_the_specs_constraints():
     with pytest.raises(ValueError, match="greater than 0"):
         TrainingOverrides(learning_rate=0)
     assert set(TrainingOverrides.model_fields) == set(TrainingSpec.model_fields)
+
+
+def test_only_strategies_that_load_checkpoints_through_the_safe_plugin_are_accepted():
+    assert TrainingSpec(strategy="ddp").strategy == "ddp"
+    with pytest.raises(ValueError, match="training strategy 'fsdp' is not supported"):  # FSDP resumes with its own unpickler
+        TrainingSpec(strategy="fsdp")

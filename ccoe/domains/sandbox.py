@@ -356,7 +356,7 @@ def _runner(argv: list[str]) -> int:
         os.chdir(work)
         _drop_privileges(uid)
         _limit(memory_mb, timeout_s)
-        os.closerange(3, 64)
+        os.closerange(3, max(64, status_fd + 1))  # the status pipe keeps the parent's fd number, which may be >= 64
         if "audit-hook" in wanted:
             _install_guard(os.path.realpath(work))
         _run_program(source, program)

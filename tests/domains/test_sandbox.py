@@ -278,3 +278,16 @@ attempt("mkfifo", lambda: os.mkfifo({str(targets[1])!r}))  # CPython raises no a
 """, MODES[mode])
     assert not any(target.exists() for target in targets)
     assert_refused(result, {"open", "mkfifo"}, by_guard=mode == "hook")
+
+
+def test_the_status_pipe_is_closed_in_the_program_even_at_a_high_fd_number():
+    """pass_fds keeps the parent's fd number: with many files open here the pipe lands above 64, and a
+    program that could write to it would garble the runner's status line."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(80)]
+    try:
+        probe = "import os\nfor fd in range(3, 256):\n    try:\n        os.fstat(fd)\n        print('open', fd)\n    except OSError:\n        pass\n"
+        result = run_python(probe)
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert result.passed and "open" not in result.output, result.output

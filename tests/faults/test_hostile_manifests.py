@@ -84,3 +84,20 @@ def test_the_derived_blob_name_is_the_only_path(artifact):
     assert "blob" not in json.loads(parsed.to_json())["experts"]["math"]
     model, _, _ = load_artifact(str(folder))
     assert model.expert_names() == ["math"]
+
+
+def test_a_manifest_cannot_choose_which_variables_are_sent_as_credentials(artifact, monkeypatch):
+    """A hostile `storage` naming any variable (here a password) and an endpoint of its own would have the
+    S3 client send that variable's value there as its access key."""
+    from ccoe.config import StorageSpec
+    from ccoe.manifest import blob_store_for
+
+    _, data = artifact
+    data["storage"] = {"uri": "s3://bucket/blobs", "endpoint_url": "http://127.0.0.1:9", "access_key_env": "MLFLOW_TRACKING_PASSWORD",
+                       "secret_key_env": "PATH"}
+    manifest = Manifest.model_validate(data)
+    store = blob_store_for(manifest, None)
+    assert (store.spec.access_key_env, store.spec.secret_key_env) == ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    assert store.spec.uri == "s3://bucket/blobs"
+    with pytest.raises(ValueError, match="not in the configured store"):
+        blob_store_for(manifest, None, StorageSpec(uri="s3://bucket/blobs", endpoint_url="http://127.0.0.1:9"))

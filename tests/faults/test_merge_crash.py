@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -31,7 +32,7 @@ def backbone(local_backbone_dir):
 
 @pytest.fixture
 def reg(tmp_path):
-    return RegistrySpec(root=str(tmp_path / "mlruns"), model_name="ccoe_faults")
+    return RegistrySpec(root=str(tmp_path / "mlruns"), model_name="ccoe_faults", publish_timeout_s=10)
 
 
 @pytest.fixture
@@ -77,7 +78,10 @@ def test_a_merge_killed_while_uploading_leaves_no_temporary_and_no_version(backb
     assert again.version == 1 and len(_blob_files(local_store)) == 1
 
 
-def test_a_temporary_left_by_a_killed_writer_is_swept(backbone, local_store):
+@pytest.mark.parametrize("host", [None, "node1.cluster.local"])
+def test_a_temporary_left_by_a_killed_writer_is_swept(backbone, local_store, monkeypatch, host):
+    if host is not None:  # a host name with dots (an FQDN) must not break the match
+        monkeypatch.setattr(socket, "gethostname", lambda: host)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     folder = os.path.join(local_store.root, "blobs")
@@ -112,3 +116,36 @@ def test_a_foreign_backbone_merge_uploads_nothing(backbone, reg, local_store):
     with pytest.raises(ValueError, match="different backbone|nothing was written"):
         registry.merge_and_register(reg, local_store, bare=bare_manifest(other), blobs=[make_blob(other, "law", "law", [1])])
     assert sorted(_blob_files(local_store)) == before and local_store.bytes_written == written
+
+
+@pytest.mark.slow
+def test_a_version_published_late_is_waited_for_not_overtaken(backbone, reg, local_store, monkeypatch):
+    """A creates v2 but publishes it late; meanwhile B creates v3 on the same parent. B must not decide
+    v3 is valid while v2 is in flight (v2 would make v3 invalid after B returned): B waits, sees v2,
+    supersedes v3 and merges again on top of v2, so the candidate holds both experts."""
+    import threading
+
+    bare = bare_manifest(backbone)
+    registry.merge_and_register(reg, local_store, bare=bare, blobs=[make_blob(backbone, "math", "math", [3])])
+    registry.set_alias(reg, "champion", 1)
+    real_register, done = registry._register, {}
+
+    def register_then_let_b_overtake(spec, manifest, tags):
+        version = real_register(spec, manifest, tags)
+        if not done:  # A's v2 exists, unpublished: B merges in another thread and gets to its validity check first
+            done["b"] = threading.Thread(target=lambda: done.setdefault("result", registry.merge_and_register(
+                spec, local_store, bare=bare, blobs=[make_blob(backbone, "sql", "sql", [2], seed=3)])))
+            done["b"].start()
+            deadline = time.monotonic() + 30
+            while not any(int(mv.version) == 3 and mv.tags.get(registry.PUBLISHED_TAG) == "true" for mv in registry._versions(spec)):
+                assert time.monotonic() < deadline, "B never published v3"
+                time.sleep(0.1)
+        return version
+
+    monkeypatch.setattr(registry, "_register", register_then_let_b_overtake)
+    a = registry.merge_and_register(reg, local_store, bare=bare, blobs=[make_blob(backbone, "law", "law", [1], seed=2)])
+    done["b"].join(timeout=60)
+    b = done["result"]
+    assert (a.version, a.attempts) == (2, 1) and (b.version, b.attempts, b.manifest.parent) == (4, 2, 2)
+    assert registry.valid_versions(reg) == [1, 2, 4]
+    assert set(b.manifest.experts) == {"math", "law", "sql"} and registry.get_alias_version(reg, "candidate") == 4
