@@ -1,7 +1,7 @@
 """Checkpoint loading that never runs code from a checkpoint: local files only, always `weights_only=True`.
 
 A Lightning checkpoint is a pickle. Lightning 2.6 loads an `http(s)://` `ckpt_path` with
-`weights_only=False` (lightning_fabric.utilities.cloud_io._load), and any local load follows torch's
+the weights-only restriction turned off (lightning_fabric.utilities.cloud_io._load), and any local load follows torch's
 default, which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` turns into a full unpickle. Our checkpoints hold
 only the expert's tensors plus optimizer, scheduler, loop and callback state (tensors, numbers,
 strings, lists, dicts, None), which the restricted unpickler reads, so nothing needs a full unpickle.
