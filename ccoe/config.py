@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 # `\A`/`\Z`, not `^`/`$`: `$` also matches before a final "\n", so "law\n" passed as a name. Anchored at
 # both ends, the pattern covers the whole string under match, search and fullmatch alike.
@@ -283,11 +283,12 @@ TrainingOverrides = _all_optional(
 )
 
 
-def apply_overrides(training: TrainingSpec, overrides: Spec | None) -> TrainingSpec:
-    """`training` with the fields set in `overrides`, validated as a whole."""
+def apply_overrides(base: SpecT, overrides: Spec | None) -> SpecT:
+    """`base` with the fields set in `overrides` (None = unset), validated as a whole as `base`'s type: a
+    TrainingSpec with an expert's overrides, or one TrainingOverrides layered on another."""
     if overrides is None:
-        return training
-    return TrainingSpec.model_validate({**training.model_dump(), **overrides.model_dump(exclude_none=True)})
+        return base
+    return type(base).model_validate({**base.model_dump(), **overrides.model_dump(exclude_none=True)})
 
 
 def mlflow_store_uri(tracking_uri: str | None, root: str) -> str:
@@ -345,21 +346,21 @@ def tracking_uri_without_credentials(uri: str | None, env: dict[str, str] | None
     return redact_uri(uri)
 
 
+# An MLflow tracking URI whose credentials are moved into the environment on parse.
+TrackingUri = Annotated[str | None, AfterValidator(tracking_uri_without_credentials)]
+
+
 class TrackingSpec(Spec):
     """Where MLflow runs go. Default: a local sqlite file and a local artifact folder under `root`.
 
     Credentials in `tracking_uri` are moved into the environment on parse (tracking_uri_without_credentials).
     """
 
-    tracking_uri: str | None = None
+    tracking_uri: TrackingUri = None
     experiment: str = "ccoe-experts"
     artifact_location: str | None = None
     root: str = "mlruns"
 
-    @field_validator("tracking_uri")
-    @classmethod
-    def _credentials(cls, value: str | None) -> str | None:
-        return tracking_uri_without_credentials(value)
 
 
 class StorageSpec(Spec):
@@ -402,7 +403,7 @@ class ExpertJobSpec(Spec):
 class RegistrySpec(Spec):
     """The MLflow model registry that holds CCoE manifests as model versions."""
 
-    tracking_uri: str | None = None
+    tracking_uri: TrackingUri = None
     model_name: str = "ccoe"
     experiment: str = "ccoe-registry"
     artifact_location: str | None = None
@@ -411,10 +412,6 @@ class RegistrySpec(Spec):
     publish_timeout_s: float = Field(120.0, gt=0, description="a created but unpublished version older than this is an orphan "
                                      "(a crashed merge); a merge publishes its own only within half of it")
 
-    @field_validator("tracking_uri")
-    @classmethod
-    def _credentials(cls, value: str | None) -> str | None:
-        return tracking_uri_without_credentials(value)
 
     @field_validator("model_name")
     @classmethod

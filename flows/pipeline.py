@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from ccoe import registry
-from ccoe.config import DataSpec, PipelineSpec, TrainingOverrides, load_pipeline
+from ccoe.config import DataSpec, PipelineSpec, TrainingOverrides, apply_overrides, load_pipeline
 from ccoe.pipeline import plan_jobs, wall_split, write_spec
 from flows.evaluate import evaluate
 from flows.merge import merge
@@ -75,11 +75,10 @@ def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: 
     names = [p.expert.name for p in spec.experts]
     if expert not in names:
         raise ValueError(f"unknown expert {expert!r}; {config} defines {names}")
-    changes = (overrides or TrainingOverrides()).model_dump(exclude_none=True)
     plans = []
     for plan in spec.experts:
         if plan.expert.name == expert:
-            update = {"training": TrainingOverrides.model_validate({**plan.training.model_dump(exclude_none=True), **changes})}
+            update = {"training": apply_overrides(plan.training, overrides)}
             if data_source:
                 update["data"] = DataSpec(source=data_source, max_length=spec.max_length, val_fraction=0.05)
             plan = plan.model_copy(update=update)
