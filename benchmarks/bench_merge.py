@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_runtime import K_QUARTER, spec  # noqa: E402
 from ccoe.artifact import ExpertBlob  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
-from ccoe.config import LayerSelection, RegistrySpec, StorageSpec  # noqa: E402
+from ccoe.config import LayerSelection, RegistrySpec, StorageSpec, TrackingSpec  # noqa: E402
 from ccoe.expert import create_expert, expert_to_bytes  # noqa: E402
 from ccoe.manifest import bare_manifest  # noqa: E402
 from ccoe.storage import BlobStore  # noqa: E402
@@ -36,7 +36,7 @@ def run(work: Path, load_reps: int) -> dict:
     backbone = load_backbone(spec())
     from ccoe import registry
 
-    reg = RegistrySpec(root=str(work / "mlruns"), model_name="bench")
+    reg = RegistrySpec(tracking=TrackingSpec(root=str(work / "mlruns")), model_name="bench")
     store = BlobStore(StorageSpec(uri=str(work / "store")))
     bare = bare_manifest(backbone)
     merges = []

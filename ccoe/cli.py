@@ -85,6 +85,13 @@ def _cmd_create(args) -> int:
     return 0
 
 
+def registry_at(tracking_uri: str | None, model_name: str):
+    """The registry of `model_name` on the server `tracking_uri` (None: the local ./mlruns store)."""
+    from ccoe.config import REGISTRY_EXPERIMENT, RegistrySpec, TrackingSpec
+
+    return RegistrySpec(model_name=model_name, tracking=TrackingSpec(tracking_uri=tracking_uri, experiment=REGISTRY_EXPERIMENT))
+
+
 def load_any(artifact: str, tracking_uri: str | None = None):
     """An artifact folder / fsspec root, or a registry URI (`models:/NAME@alias`, `models:/NAME/3`)."""
     if artifact.startswith("models:/"):
@@ -92,7 +99,7 @@ def load_any(artifact: str, tracking_uri: str | None = None):
         from ccoe.registry import load, parse_uri
 
         name, _ = parse_uri(artifact, RegistrySpec())
-        return load(artifact, RegistrySpec(model_name=name, tracking_uri=tracking_uri))
+        return load(artifact, registry_at(tracking_uri, name))
     from ccoe.artifact import load_artifact
 
     return load_artifact(artifact)
@@ -105,7 +112,7 @@ def read_any_manifest(artifact: str, tracking_uri: str | None = None):
         from ccoe.registry import get_version, parse_uri
 
         name, ref = parse_uri(artifact, RegistrySpec())
-        found = get_version(RegistrySpec(model_name=name, tracking_uri=tracking_uri), ref, name)
+        found = get_version(registry_at(tracking_uri, name), ref, name)
         if found is None:
             raise KeyError(f"{artifact} does not exist in the registry")
         return found.manifest
@@ -216,7 +223,7 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_gc(args) -> int:
-    from ccoe.config import RegistrySpec, StorageSpec
+    from ccoe.config import StorageSpec
     from ccoe.manifest import collect_garbage, read_manifest
     from ccoe.storage import BlobStore
 
@@ -228,7 +235,7 @@ def _cmd_gc(args) -> int:
         from ccoe import registry
 
         for name in args.model:
-            referenced |= registry.referenced_blobs(RegistrySpec(tracking_uri=args.tracking_uri, model_name=name))
+            referenced |= registry.referenced_blobs(registry_at(args.tracking_uri, name))
     for folder in args.artifact or []:
         referenced |= {entry.sha256 for entry in read_manifest(folder).experts.values()}
     store = BlobStore(StorageSpec(uri=args.storage, endpoint_url=args.endpoint_url, region=args.region))

@@ -291,22 +291,6 @@ def apply_overrides(base: SpecT, overrides: Spec | None) -> SpecT:
     return type(base).model_validate({**base.model_dump(), **overrides.model_dump(exclude_none=True)})
 
 
-def mlflow_store_uri(tracking_uri: str | None, root: str) -> str:
-    """The configured tracking URI, else a sqlite file under `root` (created on demand)."""
-    if tracking_uri:
-        return tracking_uri
-    folder = Path(root).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder}/mlflow.db"
-
-
-def mlflow_artifact_root(tracking_uri: str | None, artifact_location: str | None, root: str) -> str | None:
-    """The configured artifact location; for the embedded sqlite store `<root>/artifacts`; a server decides otherwise."""
-    if artifact_location:
-        return artifact_location
-    return None if tracking_uri else (Path(root).resolve() / "artifacts").as_uri()
-
-
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
@@ -350,8 +334,13 @@ def tracking_uri_without_credentials(uri: str | None, env: dict[str, str] | None
 TrackingUri = Annotated[str | None, AfterValidator(tracking_uri_without_credentials)]
 
 
+REGISTRY_EXPERIMENT = "ccoe-registry"
+
+
 class TrackingSpec(Spec):
-    """Where MLflow runs go. Default: a local sqlite file and a local artifact folder under `root`.
+    """Where MLflow lives (a server, or a local sqlite file and artifact folder under `root`) and the
+    experiment that runs go to. The one model of "where tracking is": training jobs and the registry
+    each hold one, and a pipeline gives its registry the pipeline's own unless told otherwise.
 
     Credentials in `tracking_uri` are moved into the environment on parse (tracking_uri_without_credentials).
     """
@@ -360,6 +349,20 @@ class TrackingSpec(Spec):
     experiment: str = "ccoe-experts"
     artifact_location: str | None = None
     root: str = "mlruns"
+
+    def store_uri(self) -> str:
+        """The configured tracking URI, else a sqlite file under `root` (created on demand)."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        folder = Path(self.root).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{folder}/mlflow.db"
+
+    def artifact_root(self) -> str | None:
+        """The configured artifact location; for the embedded sqlite store `<root>/artifacts`; a server decides otherwise."""
+        if self.artifact_location:
+            return self.artifact_location
+        return None if self.tracking_uri else (Path(self.root).resolve() / "artifacts").as_uri()
 
 
 
@@ -401,13 +404,12 @@ class ExpertJobSpec(Spec):
 
 
 class RegistrySpec(Spec):
-    """The MLflow model registry that holds CCoE manifests as model versions."""
+    """The MLflow model registry that holds CCoE manifests as model versions; its merge and evaluation
+    runs go to `tracking.experiment`. In a PipelineSpec, `tracking` defaults to the pipeline's own
+    (with the registry's experiment), so one server or folder is named once."""
 
-    tracking_uri: TrackingUri = None
+    tracking: TrackingSpec = Field(default_factory=lambda: TrackingSpec(experiment=REGISTRY_EXPERIMENT))
     model_name: str = "ccoe"
-    experiment: str = "ccoe-registry"
-    artifact_location: str | None = None
-    root: str = "mlruns"
     max_merge_retries: int = Field(3, ge=0)
     publish_timeout_s: float = Field(120.0, gt=0, description="a created but unpublished version older than this is an orphan "
                                      "(a crashed merge); a merge publishes its own only within half of it")
@@ -477,6 +479,18 @@ class PipelineSpec(Spec):
         None, description="work-pool job variable that sets a run's GPU count (infra/k8s: `gpus`); each expert run asks for its training.devices")
     skip_unchanged: bool = Field(True, description="skip experts whose data fingerprint equals the champion's")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_tracks_where_runs_go(cls, data: Any) -> Any:
+        """A registry without its own `tracking` uses the pipeline's (same server or folder), in its own experiment."""
+        if not isinstance(data, dict) or not isinstance(data.get("registry", {}), dict) or "tracking" in data.get("registry", {}):
+            return data
+        tracking = data.get("tracking", {})
+        tracking = tracking.model_dump() if isinstance(tracking, TrackingSpec) else tracking
+        if not isinstance(tracking, dict):
+            return data
+        return {**data, "registry": {**data.get("registry", {}), "tracking": {**tracking, "experiment": REGISTRY_EXPERIMENT}}}
+
     @model_validator(mode="after")
     def _unique_experts(self) -> "PipelineSpec":
         names = [p.expert.name for p in self.experts]
@@ -489,9 +503,10 @@ class PipelineSpec(Spec):
         """This spec with every local output (MLflow store, blobs, work folder) under `folder`: a fresh
         run that nothing earlier can skip (tests, benchmarks). Service URIs, if set, stay as they are."""
         folder = Path(folder)
+        registry_tracking = self.registry.tracking.model_copy(update={"root": str(folder / "mlruns")})
         return self.model_copy(update={
             "tracking": self.tracking.model_copy(update={"root": str(folder / "mlruns")}),
-            "registry": self.registry.model_copy(update={"root": str(folder / "mlruns")}),
+            "registry": self.registry.model_copy(update={"tracking": registry_tracking}),
             "storage": StorageSpec(uri=str(folder / "blobs")),
             "work_dir": str(folder / "work"),
         })
@@ -507,7 +522,7 @@ class PipelineSpec(Spec):
 
 
 SERVICE_ENV = {
-    "CCOE_TRACKING_URI": "MLflow server of the training runs and of the registry (tracking.tracking_uri, registry.tracking_uri)",
+    "CCOE_TRACKING_URI": "MLflow server of the training runs and of the registry (tracking.tracking_uri, registry.tracking.tracking_uri)",
     "CCOE_STORAGE_URI": "expert blob store (storage.uri), e.g. s3://ccoe/blobs",
     "CCOE_S3_ENDPOINT_URL": "S3 endpoint of the blob store (storage.endpoint_url)",
     "CCOE_S3_REGION": "S3 region of the blob store (storage.region)",
@@ -531,7 +546,7 @@ def load_pipeline(path: str | Path, env: dict[str, str] | None = None) -> Pipeli
     update: dict[str, Any] = {}
     if uri:
         update["tracking"] = spec.tracking.model_copy(update={"tracking_uri": uri})
-        update["registry"] = spec.registry.model_copy(update={"tracking_uri": uri})
+        update["registry"] = spec.registry.model_copy(update={"tracking": spec.registry.tracking.model_copy(update={"tracking_uri": uri})})
     if storage:
         update["storage"] = StorageSpec.model_validate({**spec.storage.model_dump(), **storage})
     return spec.model_copy(update=update) if update else spec

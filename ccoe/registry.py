@@ -43,7 +43,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from ccoe.artifact import ExpertBlob, model_from_manifest, stage_blobs
-from ccoe.config import RegistrySpec, RouterSpec, TrackingSpec, check_name, mlflow_artifact_root, mlflow_store_uri
+from ccoe.config import RegistrySpec, RouterSpec, TrackingSpec, check_name
 from ccoe.generation import generate_text
 from ccoe.manifest import MANIFEST_NAME, ExpertEntry, Manifest, blob_store_for, merge, verify_present
 from ccoe.storage import BlobStore
@@ -56,7 +56,7 @@ _ALIAS_ROUNDS = 20
 
 
 def tracking_uri(spec: RegistrySpec) -> str:
-    return mlflow_store_uri(spec.tracking_uri, spec.root)
+    return spec.tracking.store_uri()
 
 
 def client(spec: RegistrySpec) -> MlflowClient:
@@ -79,7 +79,7 @@ def experiment_id(mlc: MlflowClient, name: str, artifact_location: str | None) -
 
 
 def _experiment_id(spec: RegistrySpec, mlc: MlflowClient) -> str:
-    return experiment_id(mlc, spec.experiment, mlflow_artifact_root(spec.tracking_uri, spec.artifact_location, spec.root))
+    return experiment_id(mlc, spec.tracking.experiment, spec.tracking.artifact_root())
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -437,8 +437,7 @@ EXPERT, HOST, PID, PID_STARTED, FAILURE = "ccoe.expert", "ccoe.host", "ccoe.pid"
 def training_store(tracking: TrackingSpec) -> tuple[str, str | None]:
     """(tracking URI, artifact root) of training runs, with the experiment made (race-safe get-or-create:
     sibling jobs on a fresh server create it at the same moment)."""
-    uri = mlflow_store_uri(tracking.tracking_uri, tracking.root)
-    artifacts = mlflow_artifact_root(tracking.tracking_uri, tracking.artifact_location, tracking.root)
+    uri, artifacts = tracking.store_uri(), tracking.artifact_root()
     experiment_id(MlflowClient(tracking_uri=uri), tracking.experiment, artifacts)
     return uri, artifacts
 
@@ -466,7 +465,7 @@ def fail_dead_runs(tracking: TrackingSpec, expert: str) -> list[str]:
 
     Returns the run ids marked. Runs without owner tags (older code) are left alone: nothing proves them dead.
     """
-    client = MlflowClient(tracking_uri=mlflow_store_uri(tracking.tracking_uri, tracking.root))
+    client = MlflowClient(tracking_uri=tracking.store_uri())
     experiment = client.get_experiment_by_name(tracking.experiment)
     if experiment is None:
         return []

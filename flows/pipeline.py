@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
@@ -113,16 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     if spec.tracking.tracking_uri:
         print(f"  MLflow:  open {spec.tracking.tracking_uri}")
     else:
-        tracking = f"sqlite:///{Path(spec.tracking.root).resolve()}/mlflow.db"
-        print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {tracking} --host 127.0.0.1 --port 5001")
+        print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri {spec.tracking.store_uri()} --host 127.0.0.1 --port 5001")
     api = os.environ.get("PREFECT_API_URL")
     if api:
         print(f"  Prefect: open {api.removesuffix('/api')}")
     else:
         print("  Prefect: .venv/bin/prefect server start --host 127.0.0.1   (then open http://127.0.0.1:4200)")
     alias = "champion" if summary.get("promote") else "candidate"
-    registry_uri = spec.registry.tracking_uri or f"sqlite:///{Path(spec.registry.root).resolve()}/mlflow.db"
-    print(f"  Model:   .venv/bin/ccoe info --artifact models:/{spec.registry.model_name}@{alias} --tracking-uri {registry_uri}")
+    print(f"  Model:   .venv/bin/ccoe info --artifact models:/{spec.registry.model_name}@{alias} "
+          f"--tracking-uri {spec.registry.tracking.store_uri()}")
     return 0
 
 

@@ -6,7 +6,7 @@ import pytest
 import ccoe.registry as registry
 from ccoe.backbone import load_backbone
 from ccoe.cli import main
-from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec
+from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec, TrackingSpec
 from ccoe.manifest import bare_manifest, collect_garbage
 from ccoe.storage import BlobStore
 from tests.test_registry import make_blob
@@ -15,7 +15,7 @@ from tests.test_registry import make_blob
 @pytest.fixture
 def world(local_backbone_dir, tmp_path):
     backbone = load_backbone(BackboneSpec(source=str(local_backbone_dir)))
-    reg = RegistrySpec(root=str(tmp_path / "mlruns"), model_name="ccoe_gc")
+    reg = RegistrySpec(tracking=TrackingSpec(root=str(tmp_path / "mlruns")), model_name="ccoe_gc")
     store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
     bare = bare_manifest(backbone)
     blobs = {name: make_blob(backbone, name, name, [i], seed=i + 1) for i, name in enumerate(["math", "law", "sql", "code"])}

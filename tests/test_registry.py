@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 import ccoe.registry as registry
 from ccoe.artifact import ExpertBlob, stage_blobs
 from ccoe.backbone import load_backbone
-from ccoe.config import BackboneSpec, RegistrySpec, RouterSpec, StorageSpec, load_yaml
+from ccoe.config import BackboneSpec, RegistrySpec, RouterSpec, StorageSpec, TrackingSpec, load_yaml
 from ccoe.expert import create_expert, expert_to_bytes
 from ccoe.export import export_expert
 from ccoe.manifest import Manifest, bare_manifest, merge, pop, push, verify_present
@@ -33,7 +33,7 @@ def backbone(local_backbone_dir):
 
 @pytest.fixture
 def reg(tmp_path):
-    return RegistrySpec(root=str(tmp_path / "mlruns"), model_name="ccoe_test")
+    return RegistrySpec(tracking=TrackingSpec(root=str(tmp_path / "mlruns")), model_name="ccoe_test")
 
 
 def make_blob(backbone, name, domain, layers, seed=1, **lineage):
@@ -80,7 +80,7 @@ def test_foreign_backbone_and_bad_names_write_nothing(backbone, store):
 
 
 def test_tampered_blob_is_refused_on_load(backbone, store, reg, monkeypatch):
-    monkeypatch.setenv("CCOE_CACHE", str(reg.root) + "-cache")
+    monkeypatch.setenv("CCOE_CACHE", str(reg.tracking.root) + "-cache")
     result = registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, "math", "math", [3])])
     entry = result.manifest.experts["math"]
     data = bytearray(store.get(entry.blob))

@@ -22,10 +22,10 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-@pytest.mark.parametrize("spec_type", [TrackingSpec, RegistrySpec])
-def test_credentials_move_from_the_uri_into_the_environment(spec_type):
-    spec = spec_type(tracking_uri=URI)
-    assert spec.tracking_uri == "http://127.0.0.1:5000/"
+@pytest.mark.parametrize("make", [lambda: TrackingSpec(tracking_uri=URI), lambda: RegistrySpec(tracking={"tracking_uri": URI})])
+def test_credentials_move_from_the_uri_into_the_environment(make):
+    spec = make()
+    assert "http://127.0.0.1:5000/" in spec.to_yaml()
     assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "s3cr3t!")
     assert "s3cr3t" not in spec.to_yaml() and "alice" not in spec.model_dump_json()
 
@@ -52,7 +52,7 @@ def test_service_variables_with_credentials_are_stripped_too(tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text("backbone: {source: config, config: {model_type: llama}}\nexperts: []\n")
     spec = load_pipeline(config, env={"CCOE_TRACKING_URI": URI})
-    assert spec.tracking.tracking_uri == spec.registry.tracking_uri == "http://127.0.0.1:5000/"
+    assert spec.tracking.tracking_uri == spec.registry.tracking.tracking_uri == "http://127.0.0.1:5000/"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr3t!" and "s3cr3t" not in spec.to_yaml()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import ccoe.registry as registry
 from ccoe.backbone import load_backbone
-from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec
+from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec, TrackingSpec
 from ccoe.manifest import bare_manifest
 from ccoe.storage import BlobStore
 from tests.test_registry import make_blob
@@ -18,7 +18,7 @@ from tests.test_registry import make_blob
 def reg_with_versions(local_backbone_dir, tmp_path):
     """Four published versions whose merges did not touch `candidate` or `champion`."""
     backbone = load_backbone(BackboneSpec(source=str(local_backbone_dir)))
-    reg = RegistrySpec(root=str(tmp_path / "mlruns"), model_name="ccoe_alias")
+    reg = RegistrySpec(tracking=TrackingSpec(root=str(tmp_path / "mlruns")), model_name="ccoe_alias")
     store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
     for i, name in enumerate(["math", "law", "sql", "code"]):
         registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, name, name, [i], seed=i + 1)],

@@ -14,7 +14,7 @@ import pytest
 
 import ccoe.registry as registry
 from ccoe.backbone import load_backbone
-from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec
+from ccoe.config import BackboneSpec, RegistrySpec, StorageSpec, TrackingSpec
 from ccoe.manifest import bare_manifest
 from ccoe.storage import BlobStore
 from tests.conftest import tiny_spec
@@ -32,7 +32,7 @@ def backbone(local_backbone_dir):
 
 @pytest.fixture
 def reg(tmp_path):
-    return RegistrySpec(root=str(tmp_path / "mlruns"), model_name="ccoe_faults", publish_timeout_s=10)
+    return RegistrySpec(tracking=TrackingSpec(root=str(tmp_path / "mlruns")), model_name="ccoe_faults", publish_timeout_s=10)
 
 
 @pytest.fixture

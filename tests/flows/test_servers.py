@@ -74,7 +74,7 @@ def test_pipeline_with_an_mlflow_server_and_s3(tmp_path, s3_server, prefect_harn
         data = yaml.safe_load(tiny_config(tmp_path).read_text())
         data["experts"] = data["experts"][:2]
         data["tracking"] = {"tracking_uri": uri, "experiment": "ccoe-experts"}
-        data["registry"] = {**data["registry"], "tracking_uri": uri}
+        data["registry"] = {k: v for k, v in data["registry"].items() if k != "tracking"}  # inherits the server above
         data["storage"] = {"uri": f"s3://{BUCKET}/{prefix}/blobs", "endpoint_url": s3_server, "region": "us-east-1"}
         config = tmp_path / "remote.yaml"
         config.write_text(yaml.safe_dump(data))
