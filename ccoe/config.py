@@ -433,17 +433,29 @@ class EvalSpec(Spec):
 
 
 class GateSpec(Spec):
-    """When a candidate may become champion (on each domain's task metric, higher is better).
+    """When a candidate may become champion: judged per domain on paired evidence (ccoe.evidence).
 
-    Every retrained domain must beat the reference (champion, or the base backbone when the champion
-    has no expert for it) by at least its margin; no other domain may fall below the champion's score
-    by more than `tolerance`. Untouched experts are the same blobs, so their scores are bit-identical.
+    Each domain compares the candidate with its reference (the champion's expert for the domain, or the
+    base backbone when the champion has none) on the same items: the difference and its `confidence`
+    interval, on the task metric (higher is better) or, where a domain has no scorer or `basis` says
+    so, on held-out NLL (lower is better; the interval is of the decrease).
+    - A retrained domain must improve: the interval's lower bound above its margin (> 0 at least, so
+      "no measurable change" never passes). With `retrained: non-inferiority`: the lower bound above
+      -tolerance instead (a retrain that must not be worse, say on fresher data).
+    - Every other domain must show no significant regression: the interval's upper bound not below
+      -tolerance. Untouched experts are the same blobs, so their scores are usually bit-identical.
     """
 
-    margin: float = Field(0.0, ge=0, description="required improvement of retrained domains")
+    retrained: Literal["superiority", "non-inferiority"] = Field("superiority", description="what a retrained domain must show")
+    margin: float = Field(0.0, ge=0, description="lower bound of a retrained domain's metric gain must exceed this")
     margins: dict[str, float] = Field(default_factory=dict, description="per-domain override of `margin`")
-    tolerance: float = Field(0.0, ge=0, description="allowed regression of the other domains")
-    strict: bool = Field(True, description="retrained domains must improve strictly (> rather than >=)")
+    loss_margin: float = Field(0.0, ge=0, description="lower bound of the NLL decrease (nats/token) must exceed this, for loss-judged domains")
+    tolerance: float = Field(0.0, ge=0, description="regression allowed before a significant drop rejects")
+    basis: dict[str, Literal["metric", "loss"]] = Field(
+        default_factory=dict, description="per domain: judge the task metric (default where a scorer exists) or held-out NLL")
+    confidence: float = Field(0.95, ge=0.5, lt=1.0, description="of the paired bootstrap intervals")
+    resamples: int = Field(2000, ge=100)
+    seed: int = 0
 
     def margin_for(self, domain: str) -> float:
         return self.margins.get(domain, self.margin)

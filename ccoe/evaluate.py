@@ -9,7 +9,7 @@ mixed-expert batch, so shared layers run once per decoding step for all routes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -22,11 +22,21 @@ from ccoe.model import CCoEModel, Route
 
 @dataclass(frozen=True)
 class DomainScore:
+    """One route's scores on one domain's items, kept per item so that two routes can be compared
+    pairwise (ccoe.evidence). `metric` is None for a domain without a scorer (loss only).
+
+    item_scores: (n,) 0/1 task score per item (empty when unscored); item_nll: (n,) summed NLL of
+    the gold response; item_tokens: (n,) its token count, so loss = sum(item_nll) / sum(item_tokens).
+    """
+
     domain: str
     route: Route
     loss: float
-    metric: float
+    metric: float | None
     num_items: int
+    item_scores: tuple[float, ...] = ()
+    item_nll: tuple[float, ...] = ()
+    item_tokens: tuple[float, ...] = ()
 
     def as_dict(self) -> dict:
         return {"domain": self.domain, "route": self.route or "backbone", "loss": self.loss, "metric": self.metric, "n": self.num_items}
@@ -61,6 +71,22 @@ def sequence_logprobs(
     return {route: (sums[route], counts) for route in routes}
 
 
+def evaluate_loss(
+    model: CCoEModel, tokenizer, name: str, items: Sequence[dict], routes: Sequence[Route], *, spec: DataSpec | None = None, batch_size: int = 8
+) -> dict[Route, DomainScore]:
+    """Held-out NLL of the gold responses (`items`: {prompt, response}) for every route; no task metric.
+    What a domain without a scorer (a custom domain's validation split) is judged on."""
+    if not items:
+        raise ValueError(f"{name}: no held-out items to score")
+    spec = spec or DataSpec(records=[], max_length=768)
+    routes = list(dict.fromkeys(routes))
+    gold = sequence_logprobs(model, tokenizer, [(it["prompt"], it["response"]) for it in items], routes, spec, batch_size)
+    return {
+        r: DomainScore(name, r, float(-(s.sum() / c.sum())), None, len(items), (), tuple((-s).tolist()), tuple(c.tolist()))
+        for r, (s, c) in gold.items()
+    }
+
+
 def evaluate_domain(
     model: CCoEModel,
     tokenizer,
@@ -73,11 +99,11 @@ def evaluate_domain(
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[Route, DomainScore]:
-    """Loss on the gold responses and the domain's task metric, for every route."""
+    """Loss on the gold responses and the domain's task metric, per item and in total, for every route."""
     spec = spec or DataSpec(records=[], max_length=768)
     routes = list(dict.fromkeys(routes))
-    gold = sequence_logprobs(model, tokenizer, [(it["prompt"], it["response"]) for it in items], routes, spec, batch_size)
-    losses = {r: float(-(s.sum() / c.sum())) for r, (s, c) in gold.items()}
+    losses = evaluate_loss(model, tokenizer, domain.name, items, routes, spec=spec, batch_size=batch_size)
+    per_item: dict[Route, list[float]]
     if domain.task == "choice":
         pairs, owner = [], []
         for index, item in enumerate(items):
@@ -86,14 +112,10 @@ def evaluate_domain(
                 owner.append(index)
         scored = sequence_logprobs(model, tokenizer, pairs, routes, spec, batch_size)
         owner_t = torch.tensor(owner)
-        metrics = {}
+        per_item = {}
         for route, (sums, counts) in scored.items():
             normalised = sums / counts.clamp(min=1)
-            correct = 0.0
-            for index, item in enumerate(items):
-                chosen = int(normalised[owner_t == index].argmax())
-                correct += domain.score(item, chosen)
-            metrics[route] = correct / len(items)
+            per_item[route] = [domain.score(item, int(normalised[owner_t == index].argmax())) for index, item in enumerate(items)]
     else:
         prompts = [it["prompt"] for it in items for _ in routes]
         route_per_row = [r for _ in items for r in routes]
@@ -102,8 +124,7 @@ def evaluate_domain(
         for start in tqdm(starts, desc=f"generate {domain.name}", disable=not progress):
             outputs += generate_text(model, tokenizer, prompts[start : start + batch_size], route_per_row[start : start + batch_size],
                                      max_new_tokens=max_new_tokens, use_chat_template=spec.use_chat_template)
-        metrics = {r: 0.0 for r in routes}
+        per_item = {r: [0.0] * len(items) for r in routes}
         for k, completion in enumerate(outputs):
-            metrics[completion.expert] += domain.score(items[k // len(routes)], completion.text)
-        metrics = {r: v / len(items) for r, v in metrics.items()}
-    return {r: DomainScore(domain.name, r, losses[r], metrics[r], len(items)) for r in routes}
+            per_item[completion.expert][k // len(routes)] = domain.score(items[k // len(routes)], completion.text)
+    return {r: replace(losses[r], metric=sum(per_item[r]) / len(items), item_scores=tuple(per_item[r])) for r in routes}

@@ -11,8 +11,9 @@ Each step hands the next a typed result:
 3. `merge_results(TrainedExpert...)` -> `registry.MergeResult`: pop-and-push of the entries into the
    registry as `candidate`; no bytes move and no model loads.
 4. `evaluate_candidate` -> `Evaluation` (frozen, with the gate's `GateDecision`): base, champion and
-   candidate on every domain (loss, task metric, router accuracy), all routes of a domain in one
-   shared-prefix pass.
+   candidate on every domain, per item (loss, task metric; a custom domain: NLL on its own validation
+   split), all routes of a domain in one shared-prefix pass; router accuracy; the gate's paired
+   evidence per domain.
 5. `apply_decision(Evaluation)`: the decision goes to the version's tags and description; `champion`
    moves (forward only) on success, a refused candidate is tagged `rejected`.
 """
@@ -27,11 +28,11 @@ from pathlib import Path
 from ccoe.artifact import fetch_blob
 from ccoe.backbone import load_backbone
 from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec
-from ccoe.data import data_fingerprint, load_records, to_examples
+from ccoe.data import data_fingerprint, load_records, split_examples, to_examples
 from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
-from ccoe.evaluate import DomainScore, evaluate_domain
+from ccoe.evaluate import evaluate_domain, evaluate_loss
 from ccoe.expert import expert_from_bytes
-from ccoe.gate import GateDecision, decide, score_rows
+from ccoe.gate import DomainScores, GateDecision, decide, evidence_rows
 from ccoe.manifest import BackboneEntry, Manifest, TrainedExpert, blob_store_for
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter
@@ -128,14 +129,28 @@ class Evaluation:
 
     version: int
     champion_version: int | None
-    scores: dict[str, dict[str, DomainScore | None]]
+    scores: dict[str, DomainScores]
     router_accuracy: float
     retrained: tuple[str, ...]
     decision: GateDecision
 
     @property
     def rows(self) -> list[dict]:
-        return score_rows(self.scores)
+        return evidence_rows(self.scores, self.decision)
+
+
+def held_out_items(spec: PipelineSpec, domain: str) -> tuple[list[dict], DataSpec | None]:
+    """A domain's evaluation items and how to encode them: a built-in domain's held-out set (cut to
+    `eval.max_items`), or for a custom domain the validation split of its experts' `data` (the split
+    the trainer held out, so never trained on). ([], None) when there is nothing held out."""
+    if domain in DOMAINS:
+        return eval_items(domain)[: spec.eval.max_items.get(domain)], DataSpec(records=[], max_length=spec.eval.max_length)
+    for plan in spec.experts:
+        if plan.expert.domain == domain and plan.data is not None and plan.data.val_fraction > 0:
+            _, val = split_examples(to_examples(load_records(plan.data), plan.data), plan.data.val_fraction, plan.data.seed)
+            items = [{"prompt": ex.prompt, "response": ex.response} for ex in val][: spec.eval.max_items.get(domain)]
+            return items, plan.data
+    return [], None
 
 
 def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], progress: bool = False,
@@ -167,25 +182,28 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
                 route_name = name if name not in model.experts else f"{name}-{label}"
                 model.push_expert(expert_from_bytes(fetch_blob(store, entry), backbone, sha256=entry.sha256, name=route_name))
                 routes_by_sha[entry.sha256] = route_name
-    domains = sorted({e.domain for m in filter(None, manifests.values()) for e in m.experts.values()} & set(DOMAINS))
-    scores = {}
-    for number, domain in enumerate(domains, 1):
+    served = {e.domain for m in filter(None, manifests.values()) for e in m.experts.values()}
+    scores: dict[str, DomainScores] = {}
+    for number, domain in enumerate(sorted(served), 1):
+        items, encoding = held_out_items(spec, domain)
+        if not items:
+            say(f"not evaluating {domain} ({number}/{len(served)}): no scorer and no held-out split")
+            continue
         route = {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, domain)) else None) for label, m in manifests.items()}
-        items = eval_items(domain)[: spec.eval.max_items.get(domain)]
-        say(f"evaluating {domain} ({number}/{len(domains)}): {len(items)} items, routes base, "
+        say(f"evaluating {domain} ({number}/{len(served)}): {len(items)} items, routes base, "
             f"champion={route['champion'] or 'base'}, candidate={route['candidate'] or 'base'}")
-        started = time.perf_counter()
-        result = evaluate_domain(
-            model, backbone.tokenizer, DOMAINS[domain], items, [None, route["champion"], route["candidate"]],
-            spec=DataSpec(records=[], max_length=spec.eval.max_length), batch_size=spec.eval.batch_size,
-            max_new_tokens=spec.eval.max_new_tokens.get(domain, 128), progress=progress,
-        )
-        scores[domain] = {
-            "base": result[None],
-            "champion": result[route["champion"]] if champion is not None else None,
-            "candidate": result[route["candidate"]],
-        }
-        say(f"  {domain}: base {result[None].metric:.3f}, candidate {result[route['candidate']].metric:.3f} "
+        started, routes = time.perf_counter(), [None, route["champion"], route["candidate"]]
+        if domain in DOMAINS:
+            result = evaluate_domain(model, backbone.tokenizer, DOMAINS[domain], items, routes, spec=encoding,
+                                     batch_size=spec.eval.batch_size, max_new_tokens=spec.eval.max_new_tokens.get(domain, 128),
+                                     progress=progress)
+        else:
+            result = evaluate_loss(model, backbone.tokenizer, domain, items, routes, spec=encoding, batch_size=spec.eval.batch_size)
+        scores[domain] = DomainScores(domain, result[None], result[route["champion"]] if champion is not None else None,
+                                      result[route["candidate"]])
+        shown = "metric" if result[None].metric is not None else "NLL"
+        value = (lambda s: s.metric) if shown == "metric" else (lambda s: s.loss)
+        say(f"  {domain}: {shown} base {value(result[None]):.3f}, candidate {value(result[route['candidate']]):.3f} "
             f"on {len(items)} items in {time.perf_counter() - started:.0f} s")
     router = RuleRouter(candidate.manifest.router or pipeline_router(spec))
     labelled = labelled_routing_queries()
@@ -212,13 +230,20 @@ def apply_decision(spec: PipelineSpec, evaluation: Evaluation, run_id: str | Non
 
 
 def markdown_report(evaluation: Evaluation) -> str:
+    """The gate's evidence table: per domain each model's metric, the judged difference against the
+    reference with its interval, n, the smallest difference n can detect, and the verdict."""
     lines = [f"## Gate decision for version {evaluation.version}: {'PROMOTED to champion' if evaluation.decision.promote else 'REJECTED'}", "",
              f"Champion before: {evaluation.champion_version or 'none (base backbone)'}; retrained: {', '.join(evaluation.retrained) or 'nothing'};"
              f" router accuracy on labelled queries: {evaluation.router_accuracy:.1%}", "",
-             "| domain | base | champion | candidate | candidate loss |", "|---|---|---|---|---|"]
+             "| domain | base | champion | candidate | judged on | candidate - reference [95% CI] | n | detectable | outcome | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in evaluation.rows:
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"
-        lines.append(f"| {r['domain']} | {fmt(r['base_metric'])} | {fmt(r['champion_metric'])} | {fmt(r['candidate_metric'])} | {fmt(r['candidate_loss'])} |")
+        judged = "-" if r["diff"] is None else f"{r['diff']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}]"
+        basis = {"metric": "metric", "loss": "NLL decrease", None: "-"}[r["basis"]]
+        verdict = "ok" if r["ok"] else "FAILS"
+        lines.append(f"| {r['domain']} | {fmt(r['base_metric'])} | {fmt(r['champion_metric'])} | {fmt(r['candidate_metric'])} | {basis} | "
+                     f"{judged} vs {r['reference'] or '-'} | {r['n']} | {fmt(r['detectable'])} | {r['outcome']} | {verdict} |")
     lines += ["", *[f"- {reason}" for reason in evaluation.decision.reasons]]
     return "\n".join(lines)
 

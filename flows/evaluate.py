@@ -33,6 +33,7 @@ def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_i
         table.write_text(json.dumps(evaluation.rows, indent=2))
         metrics = {f"{r['domain']}/{label}": r[f"{label}_metric"] for r in evaluation.rows for label in ("base", "champion", "candidate")
                    if r[f"{label}_metric"] is not None}
+        metrics |= {f"{r['domain']}/{key}": r[key] for r in evaluation.rows for key in ("diff", "diff_low", "diff_high") if r[key] is not None}
         metrics["router_accuracy"] = evaluation.router_accuracy
         run_id = registry.log_run(
             spec.registry, f"evaluate-v{version}", metrics=metrics, files=[chart, table],

@@ -54,7 +54,7 @@ def test_a_bad_expert_is_rejected_and_the_champion_stays(config, tmp_path):
     assert pipeline(str(config))["promote"] is True
     strict = tmp_path / "strict.yaml"
     data = yaml.safe_load(config.read_text())
-    data["gate"] = {"margin": 0.0, "strict": True}  # a retrained domain must beat the champion strictly
+    data["gate"] = {**data["gate"], "loss_margin": 0.0}  # a retrained domain must beat the champion with an interval above 0
     strict.write_text(yaml.safe_dump(data))
     summary = retrain_expert("math", config=str(strict), overrides=TrainingOverrides(learning_rate=50.0, max_steps=2))
     assert summary["version"] == 2 and summary["promote"] is False
