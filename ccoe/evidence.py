@@ -51,7 +51,7 @@ class PairedDifference:
 
     def flipped(self) -> "PairedDifference":
         """reference - candidate: for lower-is-better quantities (NLL), so that positive means better."""
-        return PairedDifference(self.n, -self.estimate, -self.high, -self.low, self.confidence, self.detectable)
+        return PairedDifference(self.n, 0.0 - self.estimate, 0.0 - self.high, 0.0 - self.low, self.confidence, self.detectable)
 
     def text(self, digits: int = 3) -> str:
         """`+0.083 [+0.021, +0.146] (95%, n=96)`."""

@@ -14,6 +14,7 @@ A retrained domain that could not be scored at all (no scorer and no held-out sp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,10 @@ def judge(gate: GateSpec, scores: DomainScores, retrained: bool) -> DomainEviden
     label, reference = scores.reference
     candidate, domain = scores.candidate, scores.domain
     _pair(candidate, reference)
+    if not math.isfinite(candidate.loss):  # a diverged expert: no interval to compute, and nothing to weigh
+        return DomainEvidence(domain, retrained, label, "loss", None, None, "regressed", False,
+                              f"{domain}: {'retrained' if retrained else 'untouched'}, the candidate's NLL is not finite "
+                              f"({candidate.loss}) on {candidate.num_items} items: diverged REGRESSED")
     loss = _loss_decrease(gate, candidate, reference)
     metric = None
     if candidate.metric is not None and reference.metric is not None:

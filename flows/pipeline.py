@@ -54,7 +54,7 @@ def run_pipeline(spec: PipelineSpec, only: list[str] | None = None) -> dict:
     names, run_ids = [t.name for t in trained.results], [t.entry.run_id for t in trained.results]
     evaluated = evaluate(spec, merged.version, names, run_ids)
     return {"trained": names, "skipped": skipped, "failures": failures,
-            "version": merged.version, "promote": evaluated["promote"], "report": evaluated["report"],
+            "version": merged.version, "promote": evaluated["promote"], "report": evaluated["report"], "rows": evaluated["rows"],
             "evaluation_run_id": evaluated["evaluation_run_id"], "train_run_ids": run_ids,
             "timings": {"train_jobs_s": {t.name: t.seconds for t in trained.results}, "train_wall_s": train_wall,
                         "merge_s": merge_s, "evaluate_s": evaluated["seconds"]}}

@@ -159,3 +159,10 @@ def test_rows_and_chart_carry_the_intervals(tmp_path):
     assert (rows[0]["outcome"], rows[0]["ok"], rows[0]["diff"], rows[0]["candidate_metric"]) == ("unscored", False, None, None)
     path = bar_chart(rows, tmp_path / "gate.png", "test")
     assert path.stat().st_size > 5000
+
+
+def test_a_diverged_candidate_is_a_regression_not_noise():
+    base = score("math", [0] * 6)
+    diverged = score("math", [0] * 6, nll=[float("nan")] * 6)
+    decision = decide(GateSpec(), {"math": domain("math", base, diverged)}, ["math"])
+    assert not decision.promote and decision.evidence[0].outcome == "regressed" and "NLL is not finite" in decision.evidence[0].reason

@@ -69,8 +69,10 @@ def test_a_bad_expert_is_rejected_and_the_champion_stays(config, tmp_path):
     evaluation = evaluate_candidate(load_yaml(PipelineSpec, strict), 2, ["math"], report=lines.append)
     assert [line.split(" (")[0] for line in lines if line.startswith("evaluating")] == ["evaluating law", "evaluating math", "evaluating sql"]
     assert "evaluating math (2/3): 3 items, routes base, champion=math-champion, candidate=math" in lines
-    assert evaluation.scores["math"]["champion"].route == "math-champion" and evaluation.scores["math"]["candidate"].route == "math"
-    assert evaluation.scores["law"]["champion"].route == evaluation.scores["law"]["candidate"].route == "law"  # one blob, scored once
+    assert evaluation.scores["math"].champion.route == "math-champion" and evaluation.scores["math"].candidate.route == "math"
+    assert evaluation.scores["law"].champion.route == evaluation.scores["law"].candidate.route == "law"  # one blob, scored once
+    math = next(e for e in evaluation.decision.evidence if e.domain == "math")
+    assert (math.basis, math.outcome, math.ok) == ("loss", "regressed", False) and "NLL is not finite" in math.reason
 
 
 def test_one_failing_expert_does_not_stop_the_others(tmp_path, prefect_harness):
@@ -111,3 +113,22 @@ def test_a_trained_blob_goes_straight_to_the_store_and_merges_without_the_traine
         merge_results(spec, [forged])
     with pytest.raises(ValueError, match="were not put into this pipeline's blob store"):
         merge_results(spec, [trained.model_copy(update={"stored_in": None})])
+
+
+def test_a_custom_domain_is_judged_on_its_own_held_out_split(tmp_path, prefect_harness):
+    records = [{"prompt": f"Clause {i}: who pays the deposit?", "response": f"The tenant pays deposit number {i}."} for i in range(40)]
+    custom = {"expert": {"name": "contracts", "domain": "contracts", "layers": {"strategy": "top", "k": 1}},
+              "data": {"records": records, "val_fraction": 0.25}, "training": {"max_steps": 6, "learning_rate": 3.0e-3}}
+    data = yaml.safe_load(tiny_config(tmp_path).read_text())
+    config = tiny_config(tmp_path, experts=[data["experts"][0], custom])
+    summary = pipeline(str(config))
+    contracts = next(r for r in summary["rows"] if r["domain"] == "contracts")
+    assert (contracts["basis"], contracts["outcome"], contracts["ok"], contracts["candidate_metric"]) == ("loss", "improved", True, None)
+    assert contracts["n"] == 10 and contracts["diff_low"] > 0 and summary["promote"] is True
+
+    from ccoe.pipeline import held_out_items
+
+    spec = load_yaml(PipelineSpec, config)
+    unsplit = spec.model_copy(update={"experts": [spec.experts[0], spec.experts[1].model_copy(
+        update={"data": spec.experts[1].data.model_copy(update={"val_fraction": 0.0})})]})
+    assert held_out_items(unsplit, "contracts") == ([], None)  # so the gate refuses it (tests/test_gate.py)
