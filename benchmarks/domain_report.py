@@ -1,17 +1,24 @@
-"""Per-domain report on the real SmolLM2-135M: base vs trained expert, task metric and held-out loss.
+"""Per-domain report on the real SmolLM2-135M: base vs trained expert, with paired 95% intervals.
 
-For each domain: train its expert with the demo budget (`configs/domain-experts.yaml`) through the
-real path (`train_expert`: Lightning + MLflow, into a temporary store), then score the held-out
-subset under the plain backbone and under the expert in one shared-prefix pass. Finally every expert
-is pushed into one CCoE model and each expert's logits on its own prompts are compared with the
-model that held only that expert: bit-identical means no other domain's scores changed.
+For each domain: train its expert with the budget in `configs/domain-experts.yaml` through the real
+path (`train_expert`: Lightning + MLflow, into a temporary store), then score the held-out set (whole,
+unless the config cuts it) under the plain backbone and under the expert in one shared-prefix pass.
+The difference expert - base is a paired bootstrap interval over items (ccoe.evidence), with the
+smallest difference that n can detect. Finally every expert is pushed into one CCoE model and each
+expert's logits on its own prompts are compared with the model that held only that expert:
+bit-identical means no other domain's scores changed.
 
-    python benchmarks/domain_report.py --out benchmarks/results/domains.md
+Results go to `benchmarks/results/domains.json` (one object per domain, merged with the domains
+measured before, each with its own training budget) and the markdown table rendered from it.
+
+    python benchmarks/domain_report.py --out benchmarks/results/domains.md [--domains law medical]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import sys
 import tempfile
 import time
@@ -26,6 +33,7 @@ from ccoe.backbone import load_backbone  # noqa: E402
 from ccoe.config import CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingSpec  # noqa: E402
 from ccoe.domains import DOMAINS, eval_items, train_data_spec  # noqa: E402
 from ccoe.evaluate import evaluate_domain  # noqa: E402
+from ccoe.evidence import paired_difference  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402
 from ccoe.data import encode_prompt  # noqa: E402
 from ccoe.model import CCoEModel  # noqa: E402
@@ -63,45 +71,74 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
             max_new_tokens=spec.eval.max_new_tokens.get(domain.name, 128), progress=True,
         )
         base, tuned = scores[None], scores[expert_spec.name]
-        rows.append({"domain": domain.name, "expert": expert_spec.name, "layers": result.entry.layers, "n": len(items),
-                     "base_metric": base.metric, "expert_metric": tuned.metric, "base_loss": base.loss, "expert_loss": tuned.loss,
-                     "train_s": train_s, "eval_s": time.perf_counter() - t0, "final_train_loss": result.entry.metrics.get("train/loss")})
+        diff = paired_difference(tuned.item_scores, base.item_scores, binary=True)
+        tokens = [max(t, 1.0) for t in base.item_tokens]
+        nll = paired_difference([x / t for x, t in zip(tuned.item_nll, tokens)], [x / t for x, t in zip(base.item_nll, tokens)], tokens).flipped()
+        t = spec.training
+        rows.append({
+            "domain": domain.name, "expert_name": expert_spec.name, "metric": domain.card.metric, "n": len(items), "base": round(base.metric, 4), "expert": round(tuned.metric, 4),
+            "diff": round(diff.estimate, 4), "diff_low": round(diff.low, 4), "diff_high": round(diff.high, 4), "detectable": round(diff.detectable, 4),
+            "base_loss": round(base.loss, 4), "expert_loss": round(tuned.loss, 4),
+            "loss_decrease_low": round(nll.low, 4), "loss_decrease_high": round(nll.high, 4),
+            "budget": {"layers": f"{expert_spec.layers.strategy} k={expert_spec.layers.k}", "steps": t.max_steps, "batch_size": t.batch_size,
+                       "learning_rate": t.learning_rate, "max_length": spec.max_length},
+            "train_s": round(train_s), "eval_s": round(time.perf_counter() - t0), "cpu": cpu_name(),
+        })
         singles[expert_spec.name] = (result.blob_path, result.entry.sha256, items[:4])
         print(f"  {rows[-1]}", file=sys.stderr)
     combined = CCoEModel(backbone)
     for path, sha, _ in singles.values():
         combined.push_expert(load_expert(path, backbone, sha256=sha))
     for row in rows:
-        path, sha, probe = singles[row["expert"]]
+        path, sha, probe = singles[row["expert_name"]]
         alone = CCoEModel(backbone)
         alone.push_expert(load_expert(path, backbone, sha256=sha))
         ids = torch.tensor([encode_prompt(backbone.tokenizer, probe[0]["prompt"])])
         with torch.no_grad():
-            row["isolated"] = torch.equal(alone(ids, expert=row["expert"]).logits, combined(ids, expert=row["expert"]).logits)
+            row["isolated"] = torch.equal(alone(ids, expert=row["expert_name"]).logits, combined(ids, expert=row["expert_name"]).logits)
     return rows
 
 
-def report(rows: list[dict], spec: ReportSpec) -> str:
-    t = spec.training
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """The domains measured now, plus those in `path` measured before (each row keeps its own budget)."""
+    kept = json.loads(path.read_text()) if path.exists() else []
+    fresh = {r["domain"] for r in rows}
+    return sorted([r for r in kept if r["domain"] not in fresh] + rows, key=lambda r: r["domain"])
+
+
+def report(rows: list[dict]) -> str:
     lines = [
         "## Domains: base SmolLM2-135M vs its domain expert (real backbone, CPU)", "",
-        f"Each expert: `top` k = 8 of 30 layers, {t.max_steps} steps x batch {t.batch_size} (lr {t.learning_rate:g}, warmup {t.warmup_steps},",
-        f"cosine), sequences cut at {spec.max_length} tokens, trained through `train_expert` (Lightning + MLflow). Scores on a",
-        "held-out subset (n); metrics as in the data cards (README). Loss = mean NLL of the gold response tokens.", "",
-        "| domain | n | metric: base | metric: expert | loss: base | loss: expert | train s | eval s | other experts bit-identical |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Each expert trained through `train_expert` (Lightning + MLflow) with the budget in its row; scored on the held-out",
+        "set (n items, never trained on); metrics as in the data cards (README). Difference = expert - base on the same",
+        "items, with a paired bootstrap 95% interval (2000 resamples, seed 0); *detectable* = the smallest difference this",
+        "n finds with 80% power. NLL = mean NLL of the gold response tokens; its interval is of the decrease.", "",
+        "| domain | n | base | expert | expert - base [95% CI] | detectable | NLL base -> expert (decrease CI) | budget | train s | eval s | others bit-identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['domain']} | {r['n']} | {r['base_metric']:.3f} | {r['expert_metric']:.3f} | {r['base_loss']:.3f} | "
-                     f"{r['expert_loss']:.3f} | {r['train_s']:.0f} | {r['eval_s']:.0f} | {'yes' if r['isolated'] else 'NO'} |")
-    beats = [r["domain"] for r in rows if r["expert_metric"] > r["base_metric"]]
-    misses = [r["domain"] for r in rows if r["expert_metric"] <= r["base_metric"]]
-    lower_loss = [r["domain"] for r in rows if r["expert_loss"] < r["base_loss"]]
+        b = r["budget"]
+        lines.append(
+            f"| {r['domain']} | {r['n']} | {r['base']:.3f} | {r['expert']:.3f} | {r['diff']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}] | "
+            f"{r['detectable']:.3f} | {r['base_loss']:.3f} -> {r['expert_loss']:.3f} ([{r['loss_decrease_low']:+.3f}, {r['loss_decrease_high']:+.3f}]) | "
+            f"{b['layers']}, {b['steps']} x {b['batch_size']}, lr {b['learning_rate']:g} | {r['train_s']} | {r['eval_s']} | "
+            f"{'yes' if r.get('isolated') else 'NO'} |")
+    above = [r["domain"] for r in rows if r["diff_low"] > 0]
+    unclear = [r["domain"] for r in rows if r["diff_low"] <= 0 <= r["diff_high"]]
+    below = [r["domain"] for r in rows if r["diff_high"] < 0]
     lines += [
-        "", f"- Expert beats the base on its own metric: {', '.join(beats) or 'none'}"
-        + (f"; **goal missed** for {', '.join(misses)}." if misses else " (all: goal met)."),
-        f"- Held-out loss lower with the expert: {', '.join(lower_loss) or 'none'} of {len(rows)}.",
-        "- \"Other experts bit-identical\": each expert's logits in the model holding all experts equal those in a model",
+        "", f"- Expert significantly above the base (interval above 0): {', '.join(above) or 'none'}"
+        + (" (all: goal met)." if len(above) == len(rows) else f"; **goal missed** for {', '.join(unclear + below)}."),
+        f"- No measurable change: {', '.join(unclear) or 'none'}; significantly below the base: {', '.join(below) or 'none'}.",
+        f"- Measured on: {', '.join(sorted({r['cpu'] for r in rows}))}.",
+        "- \"Others bit-identical\": each expert's logits in the model holding all experts equal those in a model",
         "  holding only it, so adding the other domains' experts changed none of this domain's scores.", "",
     ]
     return "\n".join(lines)
@@ -118,8 +155,11 @@ def main() -> None:
     spec = ReportSpec.model_validate(yaml.safe_load(args.config.read_text()))
     with tempfile.TemporaryDirectory(prefix="ccoe-domain-report-") as tmp:
         rows = run(spec, Path(tmp), args.domains)
-    text = report(rows, spec)
+    table = args.out.with_suffix(".json")
+    rows = merge_rows(table, rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(json.dumps(rows, indent=2) + "\n")
+    text = report(rows)
     args.out.write_text(text)
     print(text)
 

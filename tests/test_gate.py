@@ -5,7 +5,7 @@ import pytest
 
 from ccoe.config import GateSpec
 from ccoe.evaluate import DomainScore
-from ccoe.evidence import detectable_for, paired_difference
+from ccoe.evidence import clopper_pearson, detectable_for, paired_difference
 from ccoe.gate import DomainScores, bar_chart, decide, evidence_rows
 
 
@@ -23,31 +23,44 @@ def domain(name, base, candidate, champion=None):
     return DomainScores(name, base, champion, candidate)
 
 
-def test_the_interval_is_deterministic_contains_the_estimate_and_is_of_the_right_size():
+def test_the_bootstrap_interval_is_deterministic_contains_the_estimate_and_is_of_the_right_size():
     rng = np.random.default_rng(1)
-    a, b = rng.integers(0, 2, 96), rng.integers(0, 2, 96)
+    a, b = rng.normal(2.0, 1.0, 96), rng.normal(2.0, 1.0, 96)
     first, again = paired_difference(a, b, seed=3), paired_difference(a, b, seed=3)
     assert first == again and first.low <= first.estimate <= first.high
     assert first.estimate == pytest.approx((a - b).mean())
     se = (a - b).std() / np.sqrt(96)
     assert first.high - first.low == pytest.approx(2 * 1.96 * se, rel=0.15)  # the bootstrap agrees with the normal width here
+
+
+def test_the_exact_interval_of_a_01_metric_agrees_with_mcnemars_exact_test():
+    assert clopper_pearson(5, 5) == pytest.approx((0.4781762498950185, 1.0))  # = Beta(0.025; 5, 1), SciPy's value
+    assert clopper_pearson(3, 10) == pytest.approx((0.06673951117773447, 0.6524528500599973))
+    five = paired_difference([1] * 5 + [0] * 19, [0] * 24, binary=True)  # 5 gained, 0 lost: exact p = 0.0625
+    six = paired_difference([1] * 6 + [0] * 18, [0] * 24, binary=True)  # 6 gained, 0 lost: exact p = 0.031
+    assert not five.significant and five.low < 0 < five.estimate and six.significant and six.low > 0
+    mixed = paired_difference([1, 1, 1, 0] * 10, [0, 1, 1, 1] * 10, binary=True)  # 10 gained, 10 lost
+    assert mixed.estimate == 0 and mixed.low < -0.1 and mixed.high > 0.1
     same = paired_difference([1, 0, 1, 1], [1, 0, 1, 1], binary=True)
     assert (same.estimate, same.low, same.high, same.significant) == (0.0, 0.0, 0.0, False)
     assert same.detectable == 6 / 4  # no item changed: only the exact-test floor is left, and n=4 cannot detect anything
+    with pytest.raises(ValueError, match="0/1"):
+        paired_difference([0.5], [1.0], binary=True)
 
 
 def test_the_interval_covers_the_true_difference_about_95_percent_of_the_time():
     rng = np.random.default_rng(0)
-    covered = 0
-    for trial in range(200):  # candidate right with p=0.55, reference p=0.40, correlated through a shared difficulty
-        easy = rng.random(120)
-        a, b = (easy < 0.55).astype(float), (easy < 0.40).astype(float)
-        flip = rng.random(120) < 0.1
-        a[flip] = 1 - a[flip]
-        truth = (0.55 * 0.9 + 0.45 * 0.1) - 0.40
-        diff = paired_difference(a, b, seed=trial, resamples=1000)
-        covered += diff.low <= truth <= diff.high
-    assert 0.90 <= covered / 200 <= 0.99
+    for binary in (True, False):
+        covered = 0
+        for trial in range(200):  # candidate right with p=0.55, reference p=0.40, correlated through a shared difficulty
+            easy = rng.random(120)
+            a, b = (easy < 0.55).astype(float), (easy < 0.40).astype(float)
+            flip = rng.random(120) < 0.1
+            a[flip] = 1 - a[flip]
+            truth = (0.55 * 0.9 + 0.45 * 0.1) - 0.40
+            diff = paired_difference(a, b, seed=trial, resamples=1000, binary=binary)
+            covered += diff.low <= truth <= diff.high
+        assert 0.91 <= covered / 200 <= 0.99
 
 
 def test_weights_make_the_estimate_the_difference_of_token_weighted_losses():
