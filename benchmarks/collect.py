@@ -11,7 +11,7 @@ import torch
 import transformers
 
 SECTIONS = ["runtime.md", "inference.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
-OPTIONAL = {"domains.md": "make domain-report"}  # ~25 min of CPU training: not part of `make bench`
+OPTIONAL = {"domains.md": "make domain-report"}  # ~75 min of CPU training and scoring: not part of `make bench`
 
 
 def main() -> None:
