@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report data clean stack-up stack-down stack-status
+.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report data clean stack-up stack-down stack-status
 
 setup: $(STAMP)
 
@@ -64,6 +64,10 @@ data: setup
 
 domain-report: setup
 	$(PY) benchmarks/domain_report.py --out benchmarks/results/domains.md
+	$(PY) benchmarks/collect.py > BENCHMARKS.md
+
+lora-report: setup
+	$(PY) benchmarks/bench_lora.py --out benchmarks/results/lora.md
 	$(PY) benchmarks/collect.py > BENCHMARKS.md
 
 clean:

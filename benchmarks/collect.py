@@ -11,7 +11,8 @@ import torch
 import transformers
 
 SECTIONS = ["runtime.md", "inference.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
-OPTIONAL = {"domains.md": "make domain-report"}  # ~75 min of CPU training and scoring: not part of `make bench`
+# hours of CPU training and scoring on the real backbone: not part of `make bench`
+OPTIONAL = {"domains.md": "make domain-report", "lora.md": "make lora-report"}
 
 
 def main() -> None:
