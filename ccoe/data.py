@@ -265,6 +265,14 @@ def split_examples(examples: Sequence[Example], val_fraction: float, seed: int =
     return train, val
 
 
+def validation_items(data: DataSpec, limit: int | None = None) -> list[dict]:
+    """The validation split the trainer holds out of `data` ({prompt, response} rows); [] without one."""
+    if data.val_fraction <= 0:
+        return []
+    _, val = split_examples(to_examples(load_records(data), data), data.val_fraction, data.seed)
+    return [{"prompt": ex.prompt, "response": ex.response} for ex in val][:limit]
+
+
 def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True, system_prompt: str | None = None) -> list[int]:
     """A user prompt as token ids, through the tokenizer's chat template when it has one.
 

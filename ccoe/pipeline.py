@@ -28,7 +28,7 @@ from pathlib import Path
 from ccoe.artifact import fetch_blob
 from ccoe.backbone import load_backbone
 from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec
-from ccoe.data import data_fingerprint, load_records, split_examples, to_examples
+from ccoe.data import data_fingerprint, load_records, to_examples, validation_items
 from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
 from ccoe.evaluate import evaluate_domain, evaluate_loss
 from ccoe.expert import expert_from_bytes
@@ -147,9 +147,7 @@ def held_out_items(spec: PipelineSpec, domain: str) -> tuple[list[dict], DataSpe
         return eval_items(domain)[: spec.eval.max_items.get(domain)], DataSpec(records=[], max_length=spec.eval.max_length)
     for plan in spec.experts:
         if plan.expert.domain == domain and plan.data is not None and plan.data.val_fraction > 0:
-            _, val = split_examples(to_examples(load_records(plan.data), plan.data), plan.data.val_fraction, plan.data.seed)
-            items = [{"prompt": ex.prompt, "response": ex.response} for ex in val][: spec.eval.max_items.get(domain)]
-            return items, plan.data
+            return validation_items(plan.data, spec.eval.max_items.get(domain)), plan.data
     return [], None
 
 

@@ -132,3 +132,20 @@ def test_a_custom_domain_is_judged_on_its_own_held_out_split(tmp_path, prefect_h
     unsplit = spec.model_copy(update={"experts": [spec.experts[0], spec.experts[1].model_copy(
         update={"data": spec.experts[1].data.model_copy(update={"val_fraction": 0.0})})]})
     assert held_out_items(unsplit, "contracts") == ([], None)  # so the gate refuses it (tests/test_gate.py)
+
+
+def test_a_sweep_trains_every_trial_and_chooses_on_the_validation_split(tmp_path, prefect_harness):
+    from ccoe.config import LayerSelection
+    from ccoe.sweep import SweepSpec
+    from flows.sweep import sweep_expert
+
+    config = tiny_config(tmp_path)
+    sweep = SweepSpec(learning_rates=[3e-3, 50.0], layers=[LayerSelection(strategy="top", k=1)], max_steps=[4])
+    summary = sweep_expert("math", sweep, str(config))
+    assert summary["best"] == "math-t0" and summary["training"] == {"learning_rate": 3e-3, "max_steps": 4}
+    assert summary["layers"] == {"strategy": "top", "k": 1, "indices": None}
+    assert [row["trial"] for row in summary["table"]] == ["math-t0"] and summary["table"][0]["n"] == 165  # the math train split's 5%
+    assert summary["failures"] == {"math-t1": "diverged: non-finite validation NLL"}  # lr 50
+    spec = load_yaml(PipelineSpec, config)
+    run = registry.client(spec.registry).get_run(summary["run_id"])
+    assert run.data.params["best"] == "math-t0" and "math-t0/val_loss" in run.data.metrics
