@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ccoe.backbone import load_backbone  # noqa: E402
-from ccoe.config import CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingSpec  # noqa: E402
+from ccoe.config import (  # noqa: E402
+    CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingOverrides, TrainingSpec, apply_overrides,
+)
 from ccoe.domains import DOMAINS, eval_items, train_data_spec  # noqa: E402
 from ccoe.evaluate import evaluate_domain  # noqa: E402
 from ccoe.evidence import paired_difference  # noqa: E402
@@ -40,22 +42,37 @@ from ccoe.model import CCoEModel  # noqa: E402
 from lightning_modules.train import train_expert  # noqa: E402
 
 
+class DomainBudget(BaseModel):
+    """One domain's departures from the report's shared budget (e.g. the choice objective for law)."""
+
+    model_config = ConfigDict(extra="forbid")
+    training: TrainingOverrides = Field(default_factory=TrainingOverrides)
+    max_length: int | None = Field(None, ge=16)
+
+
 class ReportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: CCoESpec
     training: TrainingSpec
     max_length: int = 384
     eval: EvalSpec
+    domains: dict[str, DomainBudget] = Field(default_factory=dict)
+
+    def budget(self, domain: str) -> tuple[TrainingSpec, int]:
+        """(training spec, training max_length) of `domain`: the shared budget with its overrides."""
+        own = self.domains.get(domain, DomainBudget())
+        return apply_overrides(self.training, own.training), own.max_length or self.max_length
 
 
 def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
     backbone = load_backbone(spec.model.backbone)
     rows, singles = [], {}
     for expert_spec in [e for e in spec.model.experts if e.domain in domains]:
+        training, max_length = spec.budget(expert_spec.domain)
         job = ExpertJobSpec(
             backbone=spec.model.backbone, expert=expert_spec,
-            data=train_data_spec(expert_spec.domain, max_length=spec.max_length, val_fraction=0.05),
-            training=spec.training, tracking=TrackingSpec(root=str(work / "mlruns")), output_dir=str(work / "experts"),
+            data=train_data_spec(expert_spec.domain, max_length=max_length, val_fraction=0.05),
+            training=training, tracking=TrackingSpec(root=str(work / "mlruns")), output_dir=str(work / "experts"),
         )
         t0 = time.perf_counter()
         result = train_expert(job)
@@ -74,14 +91,14 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
         diff = paired_difference(tuned.item_scores, base.item_scores, binary=True)
         tokens = [max(t, 1.0) for t in base.item_tokens]
         nll = paired_difference([x / t for x, t in zip(tuned.item_nll, tokens)], [x / t for x, t in zip(base.item_nll, tokens)], tokens).flipped()
-        t = spec.training
+        t = training
         rows.append({
             "domain": domain.name, "expert_name": expert_spec.name, "metric": domain.card.metric, "n": len(items), "base": round(base.metric, 4), "expert": round(tuned.metric, 4),
             "diff": round(diff.estimate, 4), "diff_low": round(diff.low, 4), "diff_high": round(diff.high, 4), "detectable": round(diff.detectable, 4),
             "base_loss": round(base.loss, 4), "expert_loss": round(tuned.loss, 4),
             "loss_decrease_low": round(nll.low, 4), "loss_decrease_high": round(nll.high, 4),
             "budget": {"layers": f"{expert_spec.layers.strategy} k={expert_spec.layers.k}", "steps": t.max_steps, "batch_size": t.batch_size,
-                       "learning_rate": t.learning_rate, "max_length": spec.max_length},
+                       "learning_rate": t.learning_rate, "max_length": max_length, "objective": t.objective},
             "train_s": round(train_s), "eval_s": round(time.perf_counter() - t0), "cpu": cpu_name(),
         })
         singles[expert_spec.name] = (result.blob_path, result.entry.sha256, items[:4])
@@ -129,7 +146,7 @@ def report(rows: list[dict]) -> str:
         lines.append(
             f"| {r['domain']} | {r['n']} | {r['base']:.3f} | {r['expert']:.3f} | {r['diff']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}] | "
             f"{r['detectable']:.3f} | {r['base_loss']:.3f} -> {r['expert_loss']:.3f} ([{r['loss_decrease_low']:+.3f}, {r['loss_decrease_high']:+.3f}]) | "
-            f"{b['layers']}, {b['steps']} x {b['batch_size']}, lr {b['learning_rate']:g} | {r['train_s']} | {r['eval_s']} | "
+            f"{b['layers']}, {b['steps']} x {b['batch_size']}, lr {b['learning_rate']:g}{', ' + b['objective'] + ' objective' if b.get('objective', 'lm') != 'lm' else ''} | {r['train_s']} | {r['eval_s']} | "
             f"{'yes' if r.get('isolated') else 'NO'} |")
     above = [r["domain"] for r in rows if r["diff_low"] > 0]
     unclear = [r["domain"] for r in rows if r["diff_low"] <= 0 <= r["diff_high"]]

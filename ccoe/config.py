@@ -208,6 +208,11 @@ class DataSpec(Spec):
     hub dataset name) and `records` (in-memory rows) is set. `prompt_template` / `response_template`
     are `str.format` templates over a record's fields; without them `prompt_field` / `response_field`
     are read as they are.
+
+    Multiple-choice data (`choices_field` set): each record also holds a list of 2-16 option texts
+    (continuations of the prompt) and the index of the right one (`answer_field`). The response is
+    then the right option itself, so the LM objective and the choice objective
+    (`TrainingSpec.objective`) supervise the same text.
     """
 
     source: str | None = None
@@ -224,6 +229,8 @@ class DataSpec(Spec):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     limit: int | None = Field(None, ge=1)
     seed: int = 0
+    choices_field: str | None = Field(None, description="multiple-choice data: the field holding the list of options")
+    answer_field: str = Field("answer", description="multiple-choice data: the field holding the right option's index")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -247,6 +254,11 @@ class TrainingSpec(Spec):
     log_every_n_steps: int = Field(10, ge=1)
     checkpoint_every_n_steps: int | None = Field(None, ge=1)
     prefix_cache_mb: float = Field(0.0, ge=0, description="memory budget for caching frozen-prefix hidden states; 0 = off")
+    objective: Literal["lm", "choice"] = Field(
+        "lm", description="lm: next-token loss on the response; choice: softmax over the options' length-normalised "
+        "log-likelihoods (the multiple-choice scorer's own quantity) plus choice_lm_weight x the LM loss of the right option")
+    choice_scale: float = Field(2.0, gt=0, description="choice objective: multiplier of the mean token log-likelihoods before the softmax")
+    choice_lm_weight: float = Field(1.0, ge=0, description="choice objective: weight of the right option's LM loss")
     precision: Literal["32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "32-true"
     accelerator: str = "cpu"
     devices: int = Field(1, ge=1)
@@ -401,6 +413,15 @@ class ExpertJobSpec(Spec):
     output_dir: str = "out/experts"
     storage: StorageSpec | None = Field(None, description="put the trained blob into this blob store (a pipeline's); None: output_dir and the MLflow run only")
     data_fingerprint: str | None = Field(None, description="the planner's fingerprint of `data`; the trainer refuses data that differs")
+
+    @model_validator(mode="after")
+    def _choice_objective_has_choices(self) -> "ExpertJobSpec":
+        if self.training.objective == "choice" and self.data.choices_field is None:
+            raise ValueError(
+                f"expert {self.expert.name!r}: training.objective 'choice' needs multiple-choice data; set data.choices_field "
+                "(and data.answer_field) to the fields holding each record's options and the right option's index"
+            )
+        return self
 
 
 class RegistrySpec(Spec):

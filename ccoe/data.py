@@ -49,10 +49,18 @@ class Record(dict):
         self.origin = origin
 
 
+MAX_CHOICES = 16
+
+
 @dataclass(frozen=True)
 class Example:
+    """A prompt and its response; for multiple-choice data also the options (the response is
+    `choices[answer]`)."""
+
     prompt: str
     response: str
+    choices: tuple[str, ...] = ()
+    answer: int | None = None
 
 
 def _local_files(source: str) -> tuple[str, list[Path]] | None:
@@ -226,27 +234,46 @@ def _render(record: dict, origin: str, setting: str, needed: list[str], template
         raise DataError(f"{origin}: cannot render {setting}: {err}") from None
 
 
+def _choices(record: dict, origin: str, spec: DataSpec) -> tuple[tuple[str, ...], int]:
+    """(options, index of the right one) of a multiple-choice row, checked: 2-16 non-empty strings and
+    an integer index among them."""
+    options, answer = record.get(spec.choices_field), record.get(spec.answer_field)
+    if not isinstance(options, list) or not 2 <= len(options) <= MAX_CHOICES or not all(isinstance(o, str) and o.strip() for o in options):
+        raise DataError(f"{origin}: field {spec.choices_field!r} must be a list of 2 to {MAX_CHOICES} non-empty option texts, got {str(options)[:80]}")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
+        raise DataError(f"{origin}: field {spec.answer_field!r} must be the index (0 to {len(options) - 1}) of the right option, got {answer!r}")
+    return tuple(options), answer
+
+
 def to_examples(records: Sequence[dict], spec: DataSpec) -> list[Example]:
     """Map records through the templates; a missing field is an error naming the row, the fields the
-    template needs and the fields the row has. Rows from `load_records` are named by file and line."""
+    template needs and the fields the row has. Rows from `load_records` are named by file and line.
+    With `choices_field`, the response is the right option and the options travel with the example."""
+    roles = [("prompt", spec.prompt_field, spec.prompt_template)]
+    if spec.choices_field is None:
+        roles.append(("response", spec.response_field, spec.response_template))
     sides = []
-    for role, field, template in (
-        ("prompt", spec.prompt_field, spec.prompt_template), ("response", spec.response_field, spec.response_template),
-    ):
+    for role, field, template in roles:
         setting = f"{role}_template {template!r}" if template else f"{role}_field {field!r}"
         sides.append((setting, _template_fields(template, setting) if template else [field], template or None))
     examples = []
     for i, record in enumerate(records):
         origin = getattr(record, "origin", f"data records[{i}]")
-        prompt, response = (_render(record, origin, *side) for side in sides)
-        examples.append(Example(prompt=prompt, response=response))
+        texts = [_render(record, origin, *side) for side in sides]
+        if spec.choices_field is None:
+            examples.append(Example(prompt=texts[0], response=texts[1]))
+        else:
+            options, answer = _choices(record, origin, spec)
+            examples.append(Example(prompt=texts[0], response=options[answer], choices=options, answer=answer))
     return examples
 
 
 def data_fingerprint(examples: Sequence[Example]) -> str:
+    """sha256 over the examples in order (their options too, for multiple-choice data)."""
     digest = hashlib.sha256()
     for ex in examples:
-        digest.update(json.dumps([ex.prompt, ex.response], ensure_ascii=False).encode())
+        fields = [ex.prompt, ex.response] + ([list(ex.choices), ex.answer] if ex.choices else [])
+        digest.update(json.dumps(fields, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -316,6 +343,27 @@ def encode_example(example: Example, tokenizer, spec: DataSpec) -> dict[str, lis
     }
 
 
+def encode_with_choices(example: Example, tokenizer, spec: DataSpec) -> dict:
+    """`encode_example`, plus for a multiple-choice example `choice`: the prompt's ids once, each
+    option's ids (EOS included, as the scorer reads it) and the answer, for `collate_choices`.
+
+    Each option is encoded as the response of its own example, so it is cut exactly as the scorer's
+    sequence would be; the shared prompt is the shortest of the options' prompt ids (all are suffixes
+    of the whole prompt, cut from the left)."""
+    encoded = encode_example(example, tokenizer, spec)
+    if example.choices:
+        prompts, options = [], []
+        for option in example.choices:
+            ids, labels = (one := encode_example(Example(example.prompt, option), tokenizer, spec))["input_ids"], one["labels"]
+            cut = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
+            if cut == 0:
+                raise DataError(f"a multiple-choice example has an empty prompt (options {list(example.choices)[:2]}...); give every question a prompt")
+            prompts.append(ids[:cut])
+            options.append(ids[cut:])
+        encoded["choice"] = {"prompt": min(prompts, key=len), "options": options, "answer": example.answer}
+    return encoded
+
+
 @dataclass
 class PreparedData:
     """A domain's tokenized splits plus lineage."""
@@ -334,8 +382,8 @@ def prepare_data(spec: DataSpec, tokenizer) -> PreparedData:
         raise ValueError(f"data source {spec.source or 'records'} yielded no examples")
     train, val = split_examples(examples, spec.val_fraction, spec.seed)
     return PreparedData(
-        train=[encode_example(ex, tokenizer, spec) for ex in train],
-        val=[encode_example(ex, tokenizer, spec) for ex in val],
+        train=[encode_with_choices(ex, tokenizer, spec) for ex in train],
+        val=[encode_with_choices(ex, tokenizer, spec) for ex in val],
         fingerprint=data_fingerprint(examples),
         num_examples=len(examples),
     )
@@ -354,3 +402,54 @@ def collate(items: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]
         mask[row, :n] = 1
     index = torch.tensor([it.get("index", -1) for it in items], dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "index": index}
+
+
+def collate_choices(items: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """A batch of multiple-choice examples, one packed row each: the prompt once, then every option.
+
+    Why packed: the options of a question share its prompt (for law ~370 of ~410 tokens), so K
+    separate rows would run the prompt K times through every layer; packed, each option attends to the
+    prompt and to itself only (a block mask), with positions restarting after the prompt, so each
+    option sees exactly the sequence the scorer scores, at a third of the cost for 4 options.
+
+    Returns input_ids (B, T) right-padded; attention_mask (B, T) 1 on real tokens; choice_mask
+    (B, 1, T, T) bool, True = may attend; position_ids (B, T); predict (N,) flat positions in B*T whose
+    next-token distribution scores an option token; target (N,) that token; owner (N,) =
+    example x MAX_CHOICES + option number; answer (B,); index (B,) the examples' ids (prefix-cache keys).
+    """
+    packed = []
+    for item in items:
+        if "choice" not in item:
+            raise ValueError("the choice objective needs multiple-choice examples; set data.choices_field")
+        choice = item["choice"]
+        ids, segment, position = list(choice["prompt"]), [0] * len(choice["prompt"]), list(range(len(choice["prompt"])))
+        for number, option in enumerate(choice["options"], 1):
+            ids += option
+            segment += [number] * len(option)
+            position += range(len(choice["prompt"]), len(choice["prompt"]) + len(option))
+        packed.append((ids, segment, position))
+    width = max(len(ids) for ids, _, _ in packed)
+    input_ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    segments = torch.full((len(items), width), -1, dtype=torch.long)
+    positions = torch.zeros((len(items), width), dtype=torch.long)
+    predict, target, owner = [], [], []
+    for row, ((ids, segment, position), item) in enumerate(zip(packed, items)):
+        n, prompt = len(ids), len(item["choice"]["prompt"])
+        input_ids[row, :n], segments[row, :n], positions[row, :n] = torch.tensor(ids), torch.tensor(segment), torch.tensor(position)
+        for q in range(prompt, n):
+            first = segment[q - 1] != segment[q]
+            predict.append(row * width + (prompt - 1 if first else q - 1))
+            target.append(ids[q])
+            owner.append(row * MAX_CHOICES + segment[q] - 1)
+    real = segments >= 0
+    same = (segments.unsqueeze(2) == segments.unsqueeze(1)) | (segments == 0).unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = same & causal & real.unsqueeze(1) & real.unsqueeze(2)
+    allowed[:, :, 0] |= ~real  # a padding query attends to the first token: no all-masked row (NaN in SDPA)
+    return {
+        "input_ids": input_ids, "attention_mask": real.long(), "choice_mask": allowed.unsqueeze(1), "position_ids": positions,
+        "predict": torch.tensor(predict, dtype=torch.long), "target": torch.tensor(target, dtype=torch.long),
+        "owner": torch.tensor(owner, dtype=torch.long),
+        "answer": torch.tensor([item["choice"]["answer"] for item in items], dtype=torch.long),
+        "index": torch.tensor([item.get("index", -1) for item in items], dtype=torch.long),
+    }

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ccoe.config import DataSpec
-from ccoe.data import IGNORE_INDEX, Example, collate, encode_example
+from ccoe.data import IGNORE_INDEX, MAX_CHOICES, Example, collate, collate_choices, encode_example, encode_with_choices
 from ccoe.generation import generate_text
 from ccoe.model import CCoEModel, Route
 
@@ -71,6 +71,42 @@ def sequence_logprobs(
     return {route: (sums[route], counts) for route in routes}
 
 
+@torch.no_grad()
+def choice_logprobs(
+    model: CCoEModel, tokenizer, items: Sequence[dict], routes: Sequence[Route], spec: DataSpec, batch_size: int = 8
+) -> dict[Route, torch.Tensor]:
+    """Per route, an (N, MAX_CHOICES) table of each option's mean token log-likelihood after its
+    item's prompt (EOS included; -inf past an item's last option): what the multiple-choice scorer
+    ranks by, and what the `choice` training objective trains.
+
+    The options of an item run as one packed row (`collate_choices`: the prompt once, each option
+    attending to the prompt and itself), so 4 options cost about a third of 4 separate sequences; the
+    layers below every route's lowest layer run once for all routes.
+    """
+    examples = [Example(it["prompt"], it["choices"][it["answer"]], tuple(it["choices"]), it["answer"]) for it in items]
+    encoded = [encode_with_choices(ex, tokenizer, spec) for ex in examples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.lm.parameters()).device
+    tables = {route: torch.full((len(items), MAX_CHOICES), float("-inf")) for route in routes}
+    split = model.split_layer(list(routes))
+    width = lambda e: len(e["choice"]["prompt"]) + sum(map(len, e["choice"]["options"]))  # noqa: E731
+    order = sorted(range(len(encoded)), key=lambda i: width(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_choices([encoded[i] for i in rows], pad).items()}
+        mask, positions = batch["choice_mask"], batch["position_ids"]
+        counts = torch.bincount(batch["owner"], minlength=len(rows) * MAX_CHOICES)
+        shared = model.prefix_hidden_states(batch["input_ids"], mask, stop=split, position_ids=positions)
+        for route in routes:
+            final = model.hidden_from(shared, mask, start=split, expert=route, position_ids=positions)
+            logprobs = model.head(final.reshape(-1, final.shape[-1])[batch["predict"]]).float().log_softmax(dim=-1)
+            picked = logprobs.gather(1, batch["target"].unsqueeze(1)).squeeze(1)
+            sums = torch.zeros(len(rows) * MAX_CHOICES, device=device).index_add_(0, batch["owner"], picked)
+            means = torch.where(counts > 0, sums / counts.clamp(min=1), float("-inf")).view(len(rows), MAX_CHOICES)
+            tables[route][rows] = means.cpu()
+    return tables
+
+
 def evaluate_loss(
     model: CCoEModel, tokenizer, name: str, items: Sequence[dict], routes: Sequence[Route], *, spec: DataSpec | None = None, batch_size: int = 8
 ) -> dict[Route, DomainScore]:
@@ -105,17 +141,8 @@ def evaluate_domain(
     losses = evaluate_loss(model, tokenizer, domain.name, items, routes, spec=spec, batch_size=batch_size)
     per_item: dict[Route, list[float]]
     if domain.task == "choice":
-        pairs, owner = [], []
-        for index, item in enumerate(items):
-            for choice in item["choices"]:
-                pairs.append((item["prompt"], choice))
-                owner.append(index)
-        scored = sequence_logprobs(model, tokenizer, pairs, routes, spec, batch_size)
-        owner_t = torch.tensor(owner)
-        per_item = {}
-        for route, (sums, counts) in scored.items():
-            normalised = sums / counts.clamp(min=1)
-            per_item[route] = [domain.score(item, int(normalised[owner_t == index].argmax())) for index, item in enumerate(items)]
+        tables = choice_logprobs(model, tokenizer, items, routes, spec, batch_size)
+        per_item = {route: [domain.score(item, int(row.argmax())) for item, row in zip(items, table)] for route, table in tables.items()}
     else:
         prompts = [it["prompt"] for it in items for _ in routes]
         route_per_row = [r for _ in items for r in routes]

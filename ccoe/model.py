@@ -172,6 +172,9 @@ class CCoEModel(nn.Module):
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past, past + length, device=embeds.device).unsqueeze(0)
+        if attention_mask is not None and attention_mask.ndim == 4:
+            masks = {kind: self._custom_mask(attention_mask, position_ids, kind) for kind in set(self._layer_types)}
+            return _Context(masks, self.lm.model.rotary_emb(embeds, position_ids=position_ids), position_ids, cache, batch)
         kwargs = dict(
             config=self.backbone.config,
             inputs_embeds=embeds,
@@ -185,6 +188,20 @@ class CCoEModel(nn.Module):
             masks[kind] = build(**kwargs)
         rotary = self.lm.model.rotary_emb(embeds, position_ids=position_ids)
         return _Context(masks, rotary, position_ids, cache, batch)
+
+    def _custom_mask(self, allowed: torch.Tensor, position_ids: torch.Tensor, kind: str) -> torch.Tensor:
+        """A (B, 1, T, T) boolean mask (True = may attend) in the form the attention kernels take.
+
+        Sliding-window layers also drop keys `sliding_window` or more positions behind the query (by
+        position id, as the built-in masks do); eager attention adds the mask, so it gets 0 / -inf.
+        """
+        if kind == "sliding_attention":
+            distance = position_ids.unsqueeze(-1) - position_ids.unsqueeze(-2)
+            allowed = allowed & (distance < self.backbone.config.sliding_window).unsqueeze(1)
+        if getattr(self.backbone.config, "_attn_implementation", "sdpa") == "eager":
+            dtype = self.lm.model.embed_tokens.weight.dtype
+            return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return allowed
 
     def _run_layer(self, module: nn.Module, hidden, ctx: _Context, index: int, rows, cache):
         n = ctx.batch_size
@@ -260,23 +277,30 @@ class CCoEModel(nn.Module):
         owned = [min(self._expert(n).layer_indices) for n in experts if n is not None]
         return min(owned, default=self.num_layers)
 
-    def prefix_hidden_states(self, input_ids, attention_mask=None, stop: int | None = None) -> torch.Tensor:
-        """Backbone hidden states (B, T, H) entering layer `stop`, computed without autograd."""
+    def prefix_hidden_states(self, input_ids, attention_mask=None, stop: int | None = None, position_ids=None) -> torch.Tensor:
+        """Backbone hidden states (B, T, H) entering layer `stop`, computed without autograd.
+
+        `attention_mask` is (B, T) padding, or a custom (B, 1, T, T) boolean mask (True = may attend)
+        with its `position_ids` (B, T): e.g. packed multiple-choice rows (`ccoe.data.collate_choices`).
+        """
         stop = self.num_layers if stop is None else stop
         with torch.no_grad():
             embeds = self.lm.model.embed_tokens(input_ids)
-            ctx = self._context(embeds, attention_mask, None, None)
+            ctx = self._context(embeds, attention_mask, position_ids, None)
             return self._layers(embeds, ctx, [(slice(None), None)], 0, stop)
 
-    def hidden_from(self, hidden: torch.Tensor, attention_mask=None, *, start: int, expert: Route = None) -> torch.Tensor:
-        """Last-layer hidden states (B, T, H), before the final norm, from hidden states entering `start`.
+    def hidden_from(
+        self, hidden: torch.Tensor, attention_mask=None, *, start: int, expert: Route = None, position_ids=None
+    ) -> torch.Tensor:
+        """Last-layer hidden states (B, T, H), before the final norm, from hidden states entering `start`
+        (masks and positions as in `prefix_hidden_states`).
 
         `start` must not be above the expert's lowest layer, or the expert would be skipped there.
         """
         module = self._expert(expert)
         if module is not None and start > min(module.layer_indices):
             raise ValueError(f"start layer {start} is above expert {expert!r}'s lowest layer {min(module.layer_indices)}")
-        ctx = self._context(hidden, attention_mask, None, None)
+        ctx = self._context(hidden, attention_mask, position_ids, None)
         return self._layers(hidden, ctx, [(slice(None), module)], start, self.num_layers)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@
 The Lightning module is a thin shell over these, so the same math runs in a notebook, a test or
 another trainer.
 
+- `expert_choice_loss`: for multiple-choice data, a softmax over the options' length-normalised
+  log-likelihoods (what the scorer ranks by) plus the right option's LM loss.
 - `expert_lm_loss`: layers below the expert's lowest layer run without autograd (no stored
   activations); the LM head (as costly as ~8 SmolLM2 layers per token) runs only at positions whose
   next token is supervised (the response).
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 
-from ccoe.data import IGNORE_INDEX
+from ccoe.data import IGNORE_INDEX, MAX_CHOICES
 from ccoe.model import CCoEModel
 
 
@@ -85,16 +88,34 @@ def cached_prefix(model: CCoEModel, batch: dict[str, torch.Tensor], stop: int, c
     with causal attention no real token attends to them and their outputs are never supervised.
     """
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    custom, positions = batch.get("choice_mask"), batch.get("position_ids")
     out = None
     for row, (key, length) in enumerate(zip(batch["index"].tolist(), mask.sum(dim=1).tolist())):
         hidden = cache.get(key)
         if hidden is None:
-            hidden = model.prefix_hidden_states(ids[row : row + 1, :length], mask[row : row + 1, :length], stop=stop)[0]
+            if custom is None:
+                alone, at = mask[row : row + 1, :length], None
+            else:
+                alone, at = custom[row : row + 1, :, :length, :length], positions[row : row + 1, :length]
+            hidden = model.prefix_hidden_states(ids[row : row + 1, :length], alone, stop=stop, position_ids=at)[0]
             cache.put(key, hidden)
         if out is None:
             out = hidden.new_zeros((ids.shape[0], ids.shape[1], hidden.shape[-1]))
         out[row, :length] = hidden
     return out
+
+
+def _expert_hidden(model: CCoEModel, batch: dict[str, torch.Tensor], expert: str | None, cache: PrefixCache | None) -> torch.Tensor:
+    """Final hidden states (B, T, H) under `expert`: the frozen prefix without autograd (from the cache
+    when one is given), the expert's layers and everything above with it."""
+    ids, positions = batch["input_ids"], batch.get("position_ids")
+    mask = batch.get("choice_mask", batch["attention_mask"])
+    split = model.split_layer([expert])
+    if cache is None:
+        hidden = model.prefix_hidden_states(ids, mask, stop=split, position_ids=positions)
+    else:
+        hidden = cached_prefix(model, batch, split, cache)
+    return model.hidden_from(hidden, mask, start=split, expert=expert, position_ids=positions)
 
 
 def expert_lm_loss(
@@ -105,20 +126,56 @@ def expert_lm_loss(
     batch: input_ids, attention_mask, labels (B, T) right-padded, `index` (B,) example ids. Without a
     cache the prefix runs once on the padded batch; with one, per example (`cached_prefix`).
     """
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    split = model.split_layer([expert])
-    if cache is None:
-        hidden = model.prefix_hidden_states(ids, mask, stop=split)
-    else:
-        hidden = cached_prefix(model, batch, split, cache)
-    final = model.hidden_from(hidden, mask, start=split, expert=expert)
-    targets = labels[:, 1:]
+    final = _expert_hidden(model, batch, expert, cache)
+    targets = batch["labels"][:, 1:]
     supervised = targets != IGNORE_INDEX
     count = int(supervised.sum())
     if count == 0:
         return final.sum() * 0.0, 0
     logits = model.head(final[:, :-1][supervised])
     return F.cross_entropy(logits.float(), targets[supervised]), count
+
+
+@dataclass(frozen=True)
+class ChoiceLoss:
+    """`loss` to optimise; `lm` the right options' mean token NLL (the LM objective's loss on the same
+    text, so validation losses of both objectives compare); `tokens` its token count; `accuracy` the
+    share of examples whose right option scores highest."""
+
+    loss: torch.Tensor
+    lm: torch.Tensor
+    tokens: int
+    accuracy: float
+
+
+def expert_choice_loss(
+    model: CCoEModel, batch: dict[str, torch.Tensor], expert: str | None, cache: PrefixCache | None = None,
+    *, scale: float = 2.0, lm_weight: float = 1.0,
+) -> ChoiceLoss:
+    """The multiple-choice objective on one batch of packed rows (`ccoe.data.collate_choices`).
+
+    Each option's score is its mean token log-likelihood (sum over its tokens / count, EOS included):
+    exactly what the multiple-choice scorer (`evaluate_domain`) ranks by, so training moves the
+    quantity the metric reads. Loss = cross-entropy of softmax(scale x score) over each example's
+    options + lm_weight x the LM loss of the right options' tokens.
+
+    Why both terms: the LM loss alone raises every listed option (the prompt shows them all) and need
+    not change their order; the choice term alone can raise the right option by lowering the others
+    into text the model would never write. `scale` plays SimPO's beta on length-normalised scores.
+    """
+    final = _expert_hidden(model, batch, expert, cache)
+    flat = final.reshape(-1, final.shape[-1])[batch["predict"]]
+    logprobs = -F.cross_entropy(model.head(flat).float(), batch["target"], reduction="none")
+    answer, owner = batch["answer"], batch["owner"]
+    slots = answer.shape[0] * MAX_CHOICES
+    sums = torch.zeros(slots, device=final.device).index_add(0, owner, logprobs)
+    counts = torch.bincount(owner, minlength=slots)
+    table = torch.where(counts > 0, scale * sums / counts.clamp(min=1), float("-inf")).view(-1, MAX_CHOICES)
+    right = torch.arange(answer.shape[0], device=answer.device) * MAX_CHOICES + answer
+    tokens = int(counts[right].sum())
+    lm = -sums[right].sum() / max(tokens, 1)
+    accuracy = float((table.argmax(dim=1) == answer).float().mean())
+    return ChoiceLoss(F.cross_entropy(table, answer) + lm_weight * lm, lm, tokens, accuracy)
 
 
 class StepSeededBatchSampler(Sampler[list[int]]):

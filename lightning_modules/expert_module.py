@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ccoe.config import DataSpec, TrainingSpec
-from ccoe.data import PreparedData, collate, prepare_data
+from ccoe.data import PreparedData, collate, collate_choices, prepare_data
 from ccoe.model import CCoEModel
-from ccoe.training import PrefixCache, StepSeededBatchSampler, expert_lm_loss, warmup_cosine
+from ccoe.training import PrefixCache, StepSeededBatchSampler, expert_choice_loss, expert_lm_loss, warmup_cosine
 
 # The data order is derived from the restored global step (StepSeededBatchSampler), so a mid-epoch
 # resume is exact even though the DataLoader itself carries no state.
@@ -59,10 +59,20 @@ class ExpertModule(pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def _choice(self, batch, cache=None):
+        spec = self.training_spec
+        return expert_choice_loss(self.model, batch, self.expert_name, cache, scale=spec.choice_scale, lm_weight=spec.choice_lm_weight)
+
     def training_step(self, batch, batch_idx):
-        loss, tokens = expert_lm_loss(self.model, batch, self.expert_name, self.prefix_cache)
+        examples = batch["input_ids"].shape[0]
+        if self.training_spec.objective == "choice":
+            result = self._choice(batch, self.prefix_cache)
+            loss, tokens, examples = result.loss, result.tokens, batch["answer"].shape[0]
+            self.log("train/choice_accuracy", result.accuracy, batch_size=examples)
+        else:
+            loss, tokens = expert_lm_loss(self.model, batch, self.expert_name, self.prefix_cache)
         self._tokens_since += int(batch["attention_mask"].sum())
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=examples)
         self.log("train/supervised_tokens", float(tokens), reduce_fx="sum", batch_size=1)
         return loss
 
@@ -76,7 +86,14 @@ class ExpertModule(pl.LightningModule):
             self._tokens_since, self._clock = 0, time.perf_counter()
 
     def validation_step(self, batch, batch_idx):
-        loss, tokens = expert_lm_loss(self.model, batch, self.expert_name)
+        """val/loss is the gold responses' NLL under either objective (comparable across trials);
+        the choice objective adds val/choice_accuracy, the scorer's metric on the validation split."""
+        if self.training_spec.objective == "choice":
+            result = self._choice(batch)
+            loss, tokens = result.lm, result.tokens
+            self.log("val/choice_accuracy", result.accuracy, batch_size=batch["answer"].shape[0], sync_dist=True)
+        else:
+            loss, tokens = expert_lm_loss(self.model, batch, self.expert_name)
         self.log("val/loss", loss, prog_bar=True, batch_size=max(tokens, 1), sync_dist=True)
         return loss
 
@@ -114,4 +131,6 @@ class DomainDataModule(pl.LightningDataModule):
         return DataLoader(self._items(self.prepared.val), batch_size=self.training_spec.batch_size, collate_fn=self._collate)
 
     def _collate(self, items):
+        if self.training_spec.objective == "choice":
+            return collate_choices(items, self.pad_token_id)
         return collate(items, self.pad_token_id)

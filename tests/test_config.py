@@ -48,3 +48,14 @@ def test_a_name_with_a_trailing_newline_is_rejected():
         )
     with pytest.raises(ValueError, match=re.escape("invalid domain name 'law\\n'")):
         ExpertSpec(name="law", domain="law\n")
+
+
+def test_the_choice_objective_needs_multiple_choice_data():
+    from ccoe.config import BackboneSpec, DataSpec, ExpertJobSpec, TrainingSpec
+
+    common = dict(backbone=BackboneSpec(source="smollm2-135m-instruct"), expert=ExpertSpec(name="law", domain="law"),
+                  training=TrainingSpec(objective="choice"))
+    with pytest.raises(ValueError, match="objective 'choice' needs multiple-choice data; set data.choices_field"):
+        ExpertJobSpec(data=DataSpec(records=[{"prompt": "p", "response": "r"}]), **common)
+    job = ExpertJobSpec(data=DataSpec(records=[{"prompt": "p", "choices": ["a", "b"], "answer": 0}], choices_field="choices"), **common)
+    assert job.training.choice_scale == 2.0 and job.training.choice_lm_weight == 1.0

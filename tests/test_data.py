@@ -224,3 +224,35 @@ def test_a_normal_row_encodes_exactly_as_before(tokenizer):
         "input_ids": [1, 22, 25, 26, 1, 3, 4, 5, 6, 7, 8, 9, 10, 21, 12, 2], "labels": [IGNORE_INDEX] * 14 + [12, 2]}
     assert encode_example(example, tokenizer, DataSpec(records=ROWS, system_prompt="write sql query", max_length=10)) == {
         "input_ids": [4, 5, 6, 7, 8, 9, 10, 21, 12, 2], "labels": [IGNORE_INDEX] * 8 + [12, 2]}
+
+
+MCQ = [{"question": f"which is {w}", "options": ["two", w, "ten"], "right": 1} for w in ("three", "four", "five", "six")]
+
+
+def test_choice_rows_carry_their_options_and_the_response_is_the_right_one(tokenizer):
+    spec = DataSpec(records=MCQ, prompt_field="question", choices_field="options", answer_field="right", val_fraction=0.0)
+    examples = to_examples(MCQ, spec)
+    assert examples[0] == Example("which is three", "three", ("two", "three", "ten"), 1)
+    encoded = prepare_data(spec, tokenizer).train[0]
+    choice = encoded["choice"]
+    assert choice["answer"] == 1 and len(choice["options"]) == 3
+    assert choice["prompt"] + choice["options"][1] == encoded["input_ids"]  # the right option is the gold row
+    assert encoded["labels"] == [IGNORE_INDEX] * len(choice["prompt"]) + choice["options"][1]
+    plain = [Example(e.prompt, e.response) for e in examples]
+    assert data_fingerprint(examples) != data_fingerprint(plain)
+    changed = MCQ[:1] + [{**MCQ[1], "options": ["two", "four", "nine"]}] + MCQ[2:]
+    assert data_fingerprint(to_examples(changed, spec)) != data_fingerprint(examples)
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"question": "q", "options": ["a"], "right": 0}, "'options' must be a list of 2 to 16 non-empty option texts"),
+    ({"question": "q", "options": "a b", "right": 0}, "'options' must be a list"),
+    ({"question": "q", "options": ["a", ""], "right": 0}, r"'options' must be .* got \['a', ''\]"),
+    ({"question": "q", "options": ["a", "b"], "right": 2}, r"'right' must be the index \(0 to 1\)"),
+    ({"question": "q", "options": ["a", "b"], "right": True}, "'right' must be the index"),
+    ({"question": "q", "options": ["a", "b"]}, "'right' must be the index .* got None"),
+])
+def test_a_bad_choice_row_is_one_error_naming_it(row, message):
+    spec = DataSpec(records=[row], prompt_field="question", choices_field="options", answer_field="right")
+    with pytest.raises(DataError, match=r"data records\[0\]: field " + message):
+        to_examples([row], spec)

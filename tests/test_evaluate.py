@@ -7,7 +7,7 @@ from ccoe.config import BackboneSpec, DataSpec
 from ccoe.data import Example, encode_example
 from ccoe.domains.base import choice_item, score_choice
 from ccoe.domains.math import MathDomain
-from ccoe.evaluate import evaluate_domain, sequence_logprobs
+from ccoe.evaluate import choice_logprobs, evaluate_domain, sequence_logprobs
 from ccoe.expert import create_expert
 from ccoe.model import CCoEModel
 from tests.conftest import perturb
@@ -57,3 +57,20 @@ def test_evaluate_domain_scores_every_route(local_backbone_dir):
     math_items = [{"prompt": "what is two plus three", "response": "The answer is 5.", "answer": "5"}]
     generated = evaluate_domain(model, tok, MathDomain(), math_items, [None, "e", "g"], spec=SPEC, max_new_tokens=3)
     assert {s.route for s in generated.values()} == {None, "e", "g"} and all(s.metric in (0.0, 1.0) for s in generated.values())
+
+
+def test_packed_choice_scores_equal_each_option_scored_alone(local_backbone_dir):
+    """The multiple-choice scorer packs an item's options into one row; each option's mean token
+    log-likelihood must equal that of its own (prompt, option) sequence, and the metric picks the argmax."""
+    model, tok = _model(local_backbone_dir)
+    items = [choice_item("what is two plus three", ["four", "five six", "six"], 1),
+             choice_item("the sum of four and five", ["nine", "eight answer"], 0),
+             choice_item("what is the sum of two and three four five six seven", ["ten", "nine", "eight", "seven"], 3)]
+    tables = choice_logprobs(model, tok, items, [None, "e", "g"], SPEC, batch_size=2)
+    for route, table in tables.items():
+        for k, item in enumerate(items):
+            sums, counts = sequence_logprobs(model, tok, [(item["prompt"], c) for c in item["choices"]], [route], SPEC)[route]
+            torch.testing.assert_close(table[k, : len(item["choices"])], sums / counts, atol=1e-4, rtol=1e-5)
+            assert torch.isinf(table[k, len(item["choices"]):]).all()
+        scores = evaluate_domain(model, tok, _Choice(), items, [route], spec=SPEC)[route]
+        assert scores.item_scores == tuple(float(int(row.argmax()) == it["answer"]) for row, it in zip(table, items))

@@ -33,8 +33,10 @@ def eval_items(name: str) -> list[dict]:
 
 
 def train_data_spec(name: str, **overrides) -> DataSpec:
-    """A DataSpec reading the prepared training split of a domain (prompt/response fields)."""
-    return DataSpec(source=str(prepare([name])[name].train), **overrides)
+    """A DataSpec reading the prepared training split of a domain (prompt/response fields; for a
+    multiple-choice domain also its options and answer, so either training objective can use it)."""
+    choice = {"choices_field": "choices", "answer_field": "answer"} if DOMAINS[name].task == "choice" else {}
+    return DataSpec(source=str(prepare([name])[name].train), **{**choice, **overrides})
 
 
 def router_spec(mapping: dict[str, dict[str, float]] | None = None, min_score: float = 1.0) -> RouterSpec:

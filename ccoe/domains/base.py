@@ -20,7 +20,7 @@ from ccoe.config import DomainRules
 from ccoe.domains.sources import data_root
 
 Task = Literal["generate", "choice"]
-PREPARED_VERSION = 2  # 2: code responses without docstrings, self-contained functions only
+PREPARED_VERSION = 3  # 2: code responses without docstrings, self-contained functions only; 3: choice rows keep options, generated code exercises
 
 
 @dataclass(frozen=True)

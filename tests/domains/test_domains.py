@@ -25,7 +25,10 @@ def test_splits_are_deterministic_and_disjoint(name):
     train, held = read_jsonl(files.train), read_jsonl(files.eval)
     assert train and held
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
-    assert all(set(r) == {"prompt", "response"} for r in train)
+    fields = {"prompt", "response", "choices", "answer"} if domain.task == "choice" else {"prompt", "response"}
+    assert all(set(r) == fields for r in train)
+    if domain.task == "choice":  # the response is the right option, so the lm and choice objectives agree
+        assert all(r["response"] == r["choices"][r["answer"]] for r in train)
 
 
 @pytest.mark.parametrize("name", sorted(DOMAINS))

@@ -273,3 +273,42 @@ def test_an_isolated_job_reports_its_progress_as_it_trains(job):
     train_expert(short, isolated=True, progress=lines.append)
     assert [re.sub(r"loss \S+ \S+ s/step ETA \d+ s", "loss L T s/step ETA E s", line) for line in lines] == [
         f"[adder] step {step}/5 loss L T s/step ETA E s" for step in (2, 4, 5)]
+
+
+def sum_choice_records():
+    """Sums as multiple choice: the right total and two wrong ones, the right one at a varying place."""
+    rows = []
+    for i, a in enumerate(NUMBERS[:5]):
+        for j, b in enumerate(NUMBERS[:5]):
+            right = NUMBERS[i + j + 2] if i + j + 2 < len(NUMBERS) else None
+            if right is None:
+                continue
+            wrong = [n for n in NUMBERS if n != right][(i + 2 * j) % 6 : (i + 2 * j) % 6 + 2]
+            options = [f"the answer is {n}" for n in wrong]
+            place = (i + j) % 3
+            options.insert(place, f"the answer is {right}")
+            rows.append({"prompt": f"what is the sum of {a} and {b}", "choices": options, "answer": place})
+    return rows
+
+
+def test_the_choice_objective_teaches_the_expert_to_rank_the_options(job, tmp_path):
+    """Trained through Lightning with objective `choice`, the expert ranks the right option first (by
+    the scorer's length-normalised likelihood) far more often than the backbone, whose backbone bytes
+    stay as they were; validation logs the choice accuracy next to the gold NLL."""
+    choice_job = job.model_copy(update={
+        "data": DataSpec(records=sum_choice_records(), val_fraction=0.2, use_chat_template=False, choices_field="choices"),
+        "training": job.training.model_copy(update={"objective": "choice", "max_steps": 30, "val_check_interval": 30, "prefix_cache_mb": 8}),
+    })
+    module, data = _module_and_data(choice_job)
+    before_bytes = backbone_bytes(module.model)
+
+    def accuracy():
+        with torch.no_grad():
+            return sum(module._choice(b).accuracy * b["answer"].shape[0] for b in data.train_dataloader()) / (len(data.train_dataloader()) * 4)
+
+    start = accuracy()
+    trainer = build_trainer(choice_job, False, tmp_path / "ckpt")
+    trainer.fit(module, datamodule=data)
+    assert accuracy() >= 0.9 > start + 0.3
+    assert backbone_bytes(module.model) == before_bytes
+    assert {"val/loss", "val/choice_accuracy", "train/choice_accuracy"} <= set(trainer.logged_metrics)
