@@ -150,7 +150,7 @@ def evaluate_domain(
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc=f"generate {domain.name}", disable=not progress):
             outputs += generate_text(model, tokenizer, prompts[start : start + batch_size], route_per_row[start : start + batch_size],
-                                     max_new_tokens=max_new_tokens, use_chat_template=spec.use_chat_template)
+                                     max_new_tokens=max_new_tokens, use_chat_template=spec.use_chat_template, until=domain.complete)
         per_item = {r: [0.0] * len(items) for r in routes}
         for k, completion in enumerate(outputs):
             per_item[completion.expert][k // len(routes)] = domain.score(items[k // len(routes)], completion.text)

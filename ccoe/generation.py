@@ -10,7 +10,7 @@ get the same positions (and logits) as they would alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,8 +67,15 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
+    until: Callable[[list[int]], bool] | None = None,
+    check_every: int = 8,
 ) -> torch.Tensor:
-    """Generate up to `max_new_tokens` per row; returns the new tokens (B, N), `pad_token_id` after EOS."""
+    """Generate up to `max_new_tokens` per row; returns the new tokens (B, N), `pad_token_id` after EOS.
+
+    `until(tokens)`, asked every `check_every` steps about each unfinished row's new tokens, ends that
+    row like an EOS when it returns True (e.g. once a scorer's answer can no longer change), so a batch
+    stops when every row is done instead of running to `max_new_tokens`.
+    """
     from transformers import DynamicCache
 
     batch = input_ids.shape[0]
@@ -98,8 +105,12 @@ def generate(
         new_tokens.append(token.masked_fill(finished, pad_token_id))
         if eos.numel():
             finished |= torch.isin(token, eos)
-            if bool(finished.all()):
-                break
+        if until is not None and len(new_tokens) % check_every == 0:
+            sofar = torch.stack(new_tokens, dim=1).tolist()
+            done = [not f and until(row) for row, f in zip(sofar, finished.tolist())]
+            finished |= torch.tensor(done, device=finished.device)
+        if bool(finished.all()):
+            break
         step_ids = token.unsqueeze(-1)  # finished rows keep decoding their own (discarded) tokens
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         positions = positions[:, -1:] + 1
@@ -134,9 +145,11 @@ def generate_text(
     *,
     max_new_tokens: int = 64,
     use_chat_template: bool = True,
+    until: Callable[[str], bool] | None = None,
     **sampling,
 ) -> list[Completion]:
-    """Batched text generation; prompts routed to different experts share one batch."""
+    """Batched text generation; prompts routed to different experts share one batch. `until(text)`
+    ends a row early once its text so far satisfies it (see `generate`)."""
     if tokenizer is None:
         raise ValueError("this backbone has no tokenizer; pass token ids to `generate` instead")
     if len(prompts) != len(experts):
@@ -146,7 +159,8 @@ def generate_text(
     device = next(model.lm.parameters()).device
     tokens = generate(
         model, ids.to(device), mask.to(device), expert_ids=list(experts), max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **sampling,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+        until=None if until is None else (lambda row: until(tokenizer.decode(row, skip_special_tokens=True))), **sampling,
     )
     texts = tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)
     return [Completion(p, e, t.strip()) for p, e, t in zip(prompts, experts, texts)]

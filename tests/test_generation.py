@@ -71,3 +71,22 @@ def test_right_padding_is_refused(model):
     mask[0, -1] = 0
     with pytest.raises(ValueError, match="left-padded"):
         generate(model, ids, mask, max_new_tokens=2)
+
+
+def test_until_ends_a_row_early_and_keeps_what_it_had(experts_model):
+    """A row whose new tokens satisfy `until` (asked every `check_every` steps) is padded from there
+    on; what it generated before is what it generates without `until`, and other rows are untouched."""
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [20, 21, 22]]
+    ids, mask = left_pad(prompts, pad_token_id=0)
+    routes = ["a", None, "b"]
+    free = generate(experts_model, ids, mask, expert_ids=routes, max_new_tokens=12, pad_token_id=-1)
+    asked = []
+
+    def until(tokens):
+        asked.append(len(tokens))
+        return tokens[:2] == free[0, :2].tolist()  # only the first row's start
+
+    out = generate(experts_model, ids, mask, expert_ids=routes, max_new_tokens=12, pad_token_id=-1, until=until, check_every=4)
+    assert out[0, :4].tolist() == free[0, :4].tolist() and (out[0, 4:] == -1).all()
+    assert torch.equal(out[1:], free[1:])
+    assert set(asked) == {4, 8, 12}

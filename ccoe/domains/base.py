@@ -45,6 +45,9 @@ class Domain(Protocol):
     def score(self, item: dict, output) -> float:
         """1.0 when `output` (completion text, or chosen index for choice tasks) is right, else 0.0."""
 
+    def complete(self, text: str) -> bool:
+        """For generate tasks: True once no further text can change `score` (evaluation ends the row there)."""
+
 
 def content_hash(text: str) -> float:
     """A stable number in [0, 1) for a string: deterministic splits without shuffling state."""

@@ -98,9 +98,13 @@ def humaneval_problems() -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
+FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
+
+
 def extract_code(text: str) -> str:
-    fenced = re.findall(r"```(?:python|py)?\s*\n(.*?)```", text, re.S)
-    return fenced[0] if fenced else text
+    """The first fenced block, or the whole text when there is none."""
+    fenced = FENCED.search(text)
+    return fenced.group(1) if fenced else text
 
 
 def program_for(item: dict, completion: str) -> str:
@@ -160,6 +164,10 @@ class CodeDomain:
 
     def score(self, item: dict, output) -> float:
         return 1.0 if run_python(program_for(item, str(output)), timeout_s=self.timeout_s).passed else 0.0
+
+    def complete(self, text: str) -> bool:
+        """A closed fenced block: the first one is what runs, and appended text cannot move it."""
+        return FENCED.search(text) is not None
 
 
 CODE = CodeDomain()

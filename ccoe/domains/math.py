@@ -184,5 +184,9 @@ class MathDomain:
     def score(self, item: dict, output) -> float:
         return 1.0 if final_number(str(output)) == item["answer"] else 0.0
 
+    def complete(self, text: str) -> bool:
+        """Never early: the score reads the last number, which more text can change."""
+        return False
+
 
 MATH = MathDomain()

@@ -61,6 +61,10 @@ class ChoiceDomain:
     def score(self, item: dict, output) -> float:
         return score_choice(item, output)
 
+    def complete(self, text: str) -> bool:
+        """Choice tasks are scored by likelihood, never generated."""
+        return False
+
 
 LAW = ChoiceDomain(
     name="law",

@@ -159,9 +159,12 @@ def question_prompt(question: str) -> str:
     return f"SQLite database tables: {SCHEMA}.\n\nQuestion: {question}\nWrite one SQLite query that answers it."
 
 
+FENCED = re.compile(r"```(?:sql|sqlite)?\s*\n?(.*?)```", re.S | re.I)
+
+
 def extract_sql(text: str) -> str:
     """The query in a completion: a fenced block if there is one, else from SELECT/WITH to the first `;`."""
-    fenced = re.search(r"```(?:sql|sqlite)?\s*\n?(.*?)```", text, re.S | re.I)
+    fenced = FENCED.search(text)
     if fenced:
         text = fenced.group(1)
     start = re.search(r"\b(SELECT|WITH)\b", text, re.I)
@@ -249,6 +252,10 @@ class SqlDomain:
 
     def score(self, item: dict, output) -> float:
         return 1.0 if execution_match(database_path(), extract_sql(str(output)), item["gold_sql"]) else 0.0
+
+    def complete(self, text: str) -> bool:
+        """A closed fenced block decides the query whatever follows; unfenced text may still open one."""
+        return FENCED.search(text) is not None
 
 
 SQL = SqlDomain()

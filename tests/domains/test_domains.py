@@ -111,3 +111,17 @@ def test_code_training_rows_are_self_contained_functions_without_their_docstring
         assert f"def {function.name}" in row["prompt"] and ('"""' in row["prompt"] or "'''" in row["prompt"])
     uses_helper = ast.parse("def f(x):\n    return helper(x) + len(x)\n").body[0]
     assert free_names(uses_helper) == {"helper"}
+
+
+def test_complete_means_more_text_cannot_change_the_answer():
+    from ccoe.domains.code import CODE, extract_code
+    from ccoe.domains.sql import SQL, extract_sql
+
+    for domain, extract, text in ((CODE, extract_code, "Here:\n```python\ndef f(x):\n    return x\n```"),
+                                  (SQL, extract_sql, "```sql\nSELECT name FROM artist\n```")):
+        for cut in range(len(text)):
+            assert not domain.complete(text[:cut])  # the block is not closed yet
+        assert domain.complete(text)
+        for more in ("\nThen ```python\ndef g(): pass\n```", " and SELECT 1;", "``` trailing"):
+            assert extract(text + more) == extract(text)
+    assert not DOMAINS["math"].complete("The answer is 5.")  # a later number would change it
