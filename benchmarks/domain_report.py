@@ -157,6 +157,7 @@ def report(rows: list[dict]) -> str:
         f"- No measurable change: {', '.join(unclear) or 'none'}; significantly below the base: {', '.join(below) or 'none'}.",
         f"- Measured on: {', '.join(sorted({r['cpu'] for r in rows}))}."
         + (f" Not measured yet with this report: {', '.join(sorted(set(DOMAINS) - {r['domain'] for r in rows}))}." if set(DOMAINS) - {r["domain"] for r in rows} else ""),
+    ] + [f"- {r['domain']}: {r['note']}." for r in rows if r.get("note")] + [
         "- \"Others bit-identical\": each expert's logits in the model holding all experts equal those in a model",
         "  holding only it, so adding the other domains' experts changed none of this domain's scores.", "",
     ]
