@@ -65,7 +65,8 @@ def train_lora(backbone: Backbone, data: DataSpec, spec: ReportSpec, lr: float, 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(
         step, warmup_steps=t.warmup_steps, max_steps=t.max_steps, min_ratio=t.min_lr_ratio))
     pad = backbone.tokenizer.pad_token_id if backbone.tokenizer.pad_token_id is not None else backbone.tokenizer.eos_token_id
-    batches = iter(StepSeededBatchSampler(len(prepared.train), t.batch_size, seed=t.seed))
+    sampler = StepSeededBatchSampler(len(prepared.train), t.batch_size, seed=t.seed)
+    batches = (batch for _ in iter(int, 1) for batch in sampler)  # epoch after epoch, as the Trainer draws them
     model.train()
     for step in range(t.max_steps):
         batch = collate([prepared.train[i] for i in next(batches)], pad)

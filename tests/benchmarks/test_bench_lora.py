@@ -25,7 +25,8 @@ def test_a_merged_lora_is_a_route_with_the_same_logits_as_the_plain_merged_model
     spec = ReportSpec.model_validate(TINY)
     backbone = load_backbone(spec.model.backbone)
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-    data = DataSpec(records=[{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(8)], max_length=48, val_fraction=0.0)
+    # 5 rows in batches of 2: an epoch is 2 batches, so the 4 steps run into a second epoch
+    data = DataSpec(records=[{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(5)], max_length=48, val_fraction=0.0)
     lora, adapter_bytes, _ = train_lora(backbone, data, spec, lr=1e-2)
     assert all(torch.equal(before[k], v) for k, v in backbone.model.state_dict().items())  # the backbone is untouched
     # r=16 on q,k,v,o (32x32, 32x16, 32x16, 32x32) and gate,up,down (32x64, 32x64, 64x32): 8192 params per layer, fp32
