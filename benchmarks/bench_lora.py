@@ -123,7 +123,7 @@ def run(spec: ReportSpec, domain_name: str, work: Path, lora_lr: float, k: int) 
 def report(rows: list[dict]) -> str:
     lines = [
         "## Layer experts vs LoRA at the same budget (real SmolLM2-135M, CPU)", "",
-        "Same data, steps, batch and schedule per domain; scored by the same code on the same held-out items. Difference =",
+        "Same data, steps, batch, schedule and next-token objective per domain; scored by the same code on the same held-out items. Difference =",
         "variant - base with a paired 95% interval (`ccoe.evidence`). Bytes = what a deployment stores per domain (fp32).",
         "Expert training runs through Lightning + MLflow with the prefix cache; LoRA through a plain loop (its seconds",
         "carry no Lightning or MLflow overhead).", "",
