@@ -33,7 +33,7 @@ def test_a_shipped_config_loads(name):
 def test_the_demo_overrides_are_applied():
     spec = load_pipeline(CONFIGS / "demo.yaml", {})
     steps = {p.expert.name: spec.job(p, data_for(spec, p)).training.max_steps for p in spec.experts}
-    assert steps == {"math": 60, "code": spec.training.max_steps, "law": spec.training.max_steps, "medical": 40, "sql": spec.training.max_steps}
+    assert steps == {"math": 60, "code": spec.training.max_steps, "law": spec.training.max_steps, "medical": 40, "sql": 60}
 
 
 def _pipeline_with_overrides(tmp_path, overrides: str) -> Path:
