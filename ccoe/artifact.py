@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ccoe.backbone import cache_root, load_backbone
 from ccoe.config import RouterSpec, StorageSpec, check_name
 from ccoe.expert import expert_from_bytes, expert_to_bytes
+from ccoe.learned_router import GatedRouter, LearnedRouter, SentenceEncoder
 from ccoe.manifest import (
-    ExpertEntry, Manifest, bare_manifest, blob_store_for, merge, read_blob_metadata, read_manifest, verify_present, write_manifest,
+    ExpertEntry, LearnedRouterEntry, Manifest, bare_manifest, blob_store_for, merge, read_blob_metadata, read_manifest, verify_present, write_manifest,
 )
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter
@@ -64,7 +66,7 @@ def stage_blobs(store: BlobStore, blobs: Sequence[ExpertBlob], fingerprint: str 
     return entries
 
 
-def fetch_blob(store: BlobStore, entry: ExpertEntry, use_cache: bool = True) -> bytes:
+def fetch_blob(store: BlobStore, entry: ExpertEntry | LearnedRouterEntry, use_cache: bool = True) -> bytes:
     """Blob bytes with their sha256 verified; served from `$CCOE_CACHE/blobs/` when cached."""
     cached = cache_root() / "blobs" / f"{entry.sha256}.safetensors"
     if use_cache and cached.is_file():
@@ -94,9 +96,45 @@ def save_artifact(model: CCoEModel, root: str | StorageSpec, router: RouterSpec 
     return manifest
 
 
+def stage_router(store: BlobStore, router: LearnedRouter, experts: Mapping[str, str], metrics: Mapping[str, float] = ()) -> LearnedRouterEntry:
+    """Put a learned router's blob into the store; its manifest entry. `experts`: {expert: domain} it
+    was trained for (every domain must be one of the router's classes)."""
+    missing = sorted({d for d in experts.values()} - set(router.domains))
+    if missing:
+        raise ValueError(f"the learned router does not know the domains {missing} of these experts; train it on them")
+    data = router.to_bytes()
+    _, sha = store.put_blob(data)
+    return LearnedRouterEntry(sha256=sha, bytes=len(data), encoder_fingerprint=router.encoder_fingerprint, domains=list(router.domains),
+                              experts=sorted(experts), threshold=router.threshold, metrics=dict(metrics))
+
+
+def expert_mapping(manifest: Manifest) -> dict[str, dict[str, float]]:
+    """The expert–domain matrix: the manifest's router mapping, else each expert serves its own domain."""
+    if manifest.router is not None and manifest.router.mapping:
+        return {e: dict(row) for e, row in manifest.router.mapping.items()}
+    return {name: {entry.domain: 1.0} for name, entry in manifest.experts.items()}
+
+
+def router_from_manifest(manifest: Manifest, store: BlobStore, use_cache: bool = True) -> RuleRouter | GatedRouter | None:
+    """The manifest's gate: the learned router (blob sha256 checked) with the rules as its fallback when
+    it is current for the manifest's experts; the rules alone otherwise (a stale learned router is
+    skipped with a warning: it does not know the experts pushed since it was trained)."""
+    rules = RuleRouter(manifest.router) if manifest.router is not None else None
+    entry = manifest.learned_router
+    if entry is None:
+        return rules
+    if not manifest.router_is_current():
+        warnings.warn(f"the learned router was trained for experts {entry.experts}, not {sorted(manifest.experts)}: "
+                      "routing by the rules until it is trained again (`ccoe router train`)", stacklevel=2)
+        return rules
+    encoder = SentenceEncoder()
+    learned = LearnedRouter.from_bytes(fetch_blob(store, entry, use_cache), encoder.fingerprint, encoder.dim)
+    return GatedRouter(learned, encoder, expert_mapping(manifest), rules)
+
+
 def model_from_manifest(
     manifest: Manifest, store: BlobStore, device: str = "cpu", dtype: str | None = None, use_cache: bool = True
-) -> tuple[CCoEModel, RuleRouter | None]:
+) -> tuple[CCoEModel, RuleRouter | GatedRouter | None]:
     """Backbone + experts of a manifest: fingerprint first, then each blob's sha256, then tensors."""
     spec = manifest.backbone.spec if dtype is None else manifest.backbone.spec.model_copy(update={"dtype": dtype})
     backbone = load_backbone(spec, device=device)
@@ -111,10 +149,10 @@ def model_from_manifest(
         if expert.name != name:
             raise ValueError(f"manifest entry {name!r} points at a blob of expert {expert.name!r}")
         model.push_expert(expert)
-    return model, RuleRouter(manifest.router) if manifest.router is not None else None
+    return model, router_from_manifest(manifest, store, use_cache)
 
 
-def load_artifact(root: str | StorageSpec, device: str = "cpu", dtype: str | None = None) -> tuple[CCoEModel, RuleRouter | None, Manifest]:
+def load_artifact(root: str | StorageSpec, device: str = "cpu", dtype: str | None = None) -> tuple[CCoEModel, RuleRouter | GatedRouter | None, Manifest]:
     manifest = read_manifest(root)
     model, router = model_from_manifest(manifest, blob_store_for(manifest, root), device, dtype)
     return model, router, manifest

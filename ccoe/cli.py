@@ -1,6 +1,6 @@
 """The `ccoe` command: prepare the offline backbone, build, inspect, route and generate from artifacts.
 
-Commands import what they need when they run: `ccoe --help`, `ccoe route` and `ccoe gc` load no tensor
+Commands import what they need when they run: `ccoe --help`, `ccoe route` (rules only) and `ccoe gc` load no tensor
 library, so they answer in well under a second."""
 
 from __future__ import annotations
@@ -168,16 +168,69 @@ def _routes(prompts, router, model, expert, backbone_only):
 
 
 def _cmd_route(args) -> int:
-    from ccoe.manifest import read_manifest
-    from ccoe.router import RuleRouter
+    from ccoe.manifest import blob_store_for, read_manifest
 
     manifest = read_manifest(args.artifact)
-    if manifest.router is None:
+    prompts = list(args.prompts)
+    if args.file is not None:
+        from ccoe.learned_router import read_queries
+
+        prompts += read_queries(args.file)
+    if not prompts:
+        print("ccoe route: give prompts, or --file with one query per line", file=sys.stderr)
+        return 2
+    if manifest.learned_router is not None:
+        from ccoe.artifact import router_from_manifest
+
+        router = router_from_manifest(manifest, blob_store_for(manifest, args.artifact))
+    elif manifest.router is not None:
+        from ccoe.router import RuleRouter
+
+        router = RuleRouter(manifest.router)
+    else:
         print("this artifact has no router", file=sys.stderr)
         return 2
-    router = RuleRouter(manifest.router)
-    for prompt in args.prompts:
-        print(json.dumps({"prompt": prompt, **router.route(prompt, available=list(manifest.experts)).as_dict()}))
+    for prompt, decision in zip(prompts, router.route_many(prompts, available=list(manifest.experts))):
+        print(json.dumps({"prompt": prompt, **decision.as_dict()}))
+    return 0
+
+
+def _cmd_router_train(args) -> int:
+    from ccoe.artifact import stage_router
+    from ccoe.config import LearnedRouterSpec
+    from ccoe.domains.general import general_prompts
+    from ccoe.learned_router import SentenceEncoder, domain_prompts, read_queries, train_learned_router, training_set
+    from ccoe.manifest import blob_store_for, merge, read_manifest, verify_present, write_manifest
+    from ccoe.storage import BlobStore
+
+    spec = load_yaml(LearnedRouterSpec, args.config) if args.config else LearnedRouterSpec()
+    manifest = read_manifest(args.artifact)
+    if not manifest.experts:
+        print("ccoe router train: the artifact has no experts to route to", file=sys.stderr)
+        return 2
+    given = {}
+    for item in args.prompts or []:
+        domain, sep, path = item.partition("=")
+        if not sep:
+            print(f"ccoe router train: --prompts takes DOMAIN=FILE.jsonl, got {item!r}", file=sys.stderr)
+            return 2
+        given[domain] = read_queries(Path(path))
+    experts = {name: entry.domain for name, entry in manifest.experts.items()}
+    data = training_set(domain_prompts(experts.values(), given), general_prompts(spec.per_general_set), spec)
+    print(f"embedding {len(data.texts)} training texts ({', '.join(f'{c}' for c in data.classes)})", file=sys.stderr)
+    step = max(1, len(data.texts) // 10)
+    fit = train_learned_router(
+        SentenceEncoder(), data, spec,
+        progress=lambda done, total: print(f"  {done}/{total}", file=sys.stderr) if done % step < spec.batch_size or done == total else None,
+    )
+    store = blob_store_for(manifest, args.artifact)
+    metrics = {"validation_accuracy": fit.validation_accuracy, "train_accuracy": fit.train_accuracy, "validation_n": fit.validation_n}
+    entry = stage_router(store, fit.router, experts, metrics)
+    updated = merge(manifest, learned_router=entry, parent=manifest.parent)
+    verify_present(updated, store, [entry.sha256])
+    write_manifest(BlobStore(args.artifact), updated)
+    print(f"learned router {entry.sha256[:12]}…: {len(fit.router.classes)} classes, validation accuracy "
+          f"{fit.validation_accuracy:.1%} (n={fit.validation_n}), embedding {fit.embed_seconds:.0f} s, fit {fit.fit_seconds:.1f} s")
     return 0
 
 
@@ -237,7 +290,7 @@ def _cmd_gc(args) -> int:
         for name in args.model:
             referenced |= registry.referenced_blobs(registry_at(args.tracking_uri, name))
     for folder in args.artifact or []:
-        referenced |= {entry.sha256 for entry in read_manifest(folder).experts.values()}
+        referenced |= {entry.sha256 for entry in read_manifest(folder).blob_entries().values()}
     store = BlobStore(StorageSpec(uri=args.storage, endpoint_url=args.endpoint_url, region=args.region))
     report = collect_garbage(store, referenced, delete=args.delete, min_age_s=args.min_age_hours * 3600)
     verb = "removed" if report.deleted else "would remove (dry run; --delete to remove)"
@@ -274,10 +327,20 @@ def parser() -> argparse.ArgumentParser:
     info.add_argument("--load", action="store_true", help="load the backbone and experts for architecture and memory (slow)")
     info.set_defaults(func=_cmd_info)
 
-    route = sub.add_parser("route", help="explain the gate's decision for prompts (no model load)")
+    route = sub.add_parser("route", help="explain the gate's decision for prompts, one JSON line each (loads no backbone)")
     route.add_argument("--artifact", required=True)
-    route.add_argument("prompts", nargs="+")
+    route.add_argument("--file", type=Path, help="JSONL file of queries: a string, or an object with 'query', per line")
+    route.add_argument("prompts", nargs="*")
     route.set_defaults(func=_cmd_route)
+
+    router = sub.add_parser("router", help="train the learned router of an artifact folder for its experts")
+    router_sub = router.add_subparsers(dest="action", required=True)
+    train = router_sub.add_parser("train", help="train on the experts' training prompts + general prompts; rewrites the manifest")
+    train.add_argument("--artifact", required=True, help="artifact folder or fsspec root")
+    train.add_argument("--config", type=Path, help="LearnedRouterSpec YAML (default: the built-in settings)")
+    train.add_argument("--prompts", action="append", metavar="DOMAIN=FILE.jsonl",
+                       help="training prompts of a domain that is not built in; repeatable")
+    train.set_defaults(func=_cmd_router_train)
 
     gen = sub.add_parser("generate", help="generate text; prompts are routed by the artifact's gate")
     gen.add_argument("--artifact", required=True, help=artifact_help)

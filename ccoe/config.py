@@ -185,6 +185,24 @@ class RouterSpec(Spec):
         return self
 
 
+class LearnedRouterSpec(Spec):
+    """How the learned router is trained and when it decides (`ccoe.learned_router`).
+
+    A linear softmax over the experts' domains plus an out-of-domain class, on sentence embeddings of
+    the prompts. Below `threshold` (the top class's probability) the rules decide, and without a rule
+    match the backbone answers.
+    """
+
+    per_domain: int = Field(300, ge=10, description="training prompts drawn per domain (before views)")
+    per_general_set: int = Field(40, ge=1, description="out-of-domain prompts per general set (22 sets)")
+    views: bool = Field(True, description="also train on each prompt's first paragraph and first sentence: "
+                        "users write short questions, training prompts are long and formatted")
+    threshold: float = Field(0.6, gt=0.0, lt=1.0, description="below it the rules decide")
+    l2: float = Field(1e-3, ge=0.0, description="L2 penalty on the weights (sum of squares)")
+    steps: int = Field(300, ge=1, description="L-BFGS iterations")
+    batch_size: int = Field(32, ge=1, description="prompts per encoder forward")
+
+
 class CCoESpec(Spec):
     """A CCoE model: the backbone, its experts and the gate."""
 

@@ -106,7 +106,7 @@ class BlobInfo:
     path: str
 
 
-def _canonical_header(data: bytes) -> bytes:
+def canonical_header(data: bytes) -> bytes:
     """`data` (safetensors bytes) with its JSON header re-written with sorted keys, compact, padded to 8.
 
     Why: safetensors writes `__metadata__` in hash-map order, which varies from process to process, so
@@ -123,7 +123,7 @@ def _canonical_header(data: bytes) -> bytes:
 def expert_to_bytes(expert: Expert) -> bytes:
     """The expert's blob: identical bytes (and sha256) for identical content in any process."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in expert.tensors().items()}
-    return _canonical_header(save_safetensors_bytes(tensors, metadata=expert.metadata()))
+    return canonical_header(save_safetensors_bytes(tensors, metadata=expert.metadata()))
 
 
 def save_expert(expert: Expert, path: str | Path) -> BlobInfo:

@@ -109,13 +109,51 @@ class TrainedExpert(Spec):
         return check_name(value)
 
 
+class LearnedRouterEntry(Spec):
+    """The learned router of a manifest (`ccoe.learned_router`): a blob named by its sha256 like an
+    expert's, the domains it tells apart, and the experts it was trained for (a router whose experts
+    differ from the manifest's is stale, and the pipeline trains a new one)."""
+
+    sha256: str = Field(pattern=f"^{SHA256_PATTERN}$")
+    bytes: int = Field(ge=0)
+    encoder_fingerprint: str = Field(description="sha256 of the sentence encoder's weights it was trained on")
+    domains: list[str]
+    experts: list[str]
+    threshold: float = Field(gt=0.0, lt=1.0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("domains", "experts")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            check_name(name, "router domain or expert name")
+        return value
+
+    @property
+    def blob(self) -> str:
+        return blob_name(self.sha256)
+
+
 class Manifest(Spec):
     format: Literal["ccoe-manifest/1"] = MANIFEST_FORMAT
     backbone: BackboneEntry
     storage: StorageSpec | None = None
     experts: dict[str, ExpertEntry] = Field(default_factory=dict)
     router: RouterSpec | None = None
+    learned_router: LearnedRouterEntry | None = None
     parent: int | None = None
+
+    def blob_entries(self) -> dict[str, ExpertEntry | LearnedRouterEntry]:
+        """Every blob this manifest references, by what uses it (expert names; `learned_router`)."""
+        blobs: dict[str, ExpertEntry | LearnedRouterEntry] = dict(self.experts)
+        if self.learned_router is not None:
+            blobs["learned_router"] = self.learned_router
+        return blobs
+
+    def router_is_current(self) -> bool:
+        """A learned router exists and was trained for exactly this manifest's experts and domains."""
+        r = self.learned_router
+        return r is not None and sorted(r.experts) == sorted(self.experts) and set(r.domains) == {e.domain for e in self.experts.values()}
 
     @field_validator("experts")
     @classmethod
@@ -159,8 +197,11 @@ def merge(
     pops: Iterable[str] = (),
     router: RouterSpec | None = None,
     parent: int | None = None,
+    learned_router: LearnedRouterEntry | None = None,
 ) -> Manifest:
-    """Pops, then pushes, then the router (if given) and the parent version. Validates everything first."""
+    """Pops, then pushes, then the routers (if given) and the parent version. Validates everything first.
+    A learned router kept from `base` stays in place until a new one is given (`Manifest.router_is_current`
+    tells whether it still fits the experts)."""
     pushes, pops = dict(pushes), list(pops)
     for name in [*pushes, *pops]:
         check_name(name)
@@ -172,26 +213,41 @@ def merge(
     update = {"parent": parent}
     if router is not None:
         update["router"] = router
+    if learned_router is not None:
+        update["learned_router"] = learned_router
     return result.model_copy(update=update)
 
 
 # -- checks and reads of stored manifests and blobs --------------------------------------------------
 
 BLOB_FORMAT = "ccoe-expert/1"
+ROUTER_FORMAT = "ccoe-router/1"
+
+
+def _safetensors_metadata(data: bytes, expected: str, what: str) -> dict[str, str]:
+    """The `__metadata__` of a safetensors blob, read from its JSON header without loading tensors."""
+    if len(data) < 8:
+        raise ValueError(f"{what} blob is truncated: fewer than 8 bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise ValueError(f"{what} blob is truncated: header runs past the end of the file")
+    try:
+        header = json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{what} blob header is not JSON: not a safetensors file") from None
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    if metadata.get("ccoe_format") != expected:
+        raise ValueError(f"not a ccoe {what} blob (ccoe_format={metadata.get('ccoe_format')!r}, expected {expected!r})")
+    return metadata
 
 
 def read_blob_metadata(data: bytes) -> dict[str, str]:
-    """The `__metadata__` of a safetensors blob, read from its JSON header without loading tensors."""
-    if len(data) < 8:
-        raise ValueError("expert blob is truncated: fewer than 8 bytes")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise ValueError("expert blob is truncated: header runs past the end of the file")
-    header = json.loads(data[8 : 8 + header_len])
-    metadata = header.get("__metadata__") or {}
-    if metadata.get("ccoe_format") != BLOB_FORMAT:
-        raise ValueError(f"not a ccoe expert blob (ccoe_format={metadata.get('ccoe_format')!r}, expected {BLOB_FORMAT!r})")
-    return metadata
+    return _safetensors_metadata(data, BLOB_FORMAT, "expert")
+
+
+def read_router_metadata(data: bytes) -> dict[str, str]:
+    return _safetensors_metadata(data, ROUTER_FORMAT, "router")
 
 
 def verify_present(manifest: Manifest, store: BlobStore, just_written: Iterable[str] = ()) -> None:
@@ -202,7 +258,7 @@ def verify_present(manifest: Manifest, store: BlobStore, just_written: Iterable[
     so a same-size corruption is caught before a version that cannot load is published).
     """
     fresh, problems = set(just_written), []
-    for name, entry in manifest.experts.items():
+    for name, entry in manifest.blob_entries().items():
         if entry.sha256 in fresh:
             continue
         if not store.exists(entry.blob):

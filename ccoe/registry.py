@@ -154,7 +154,7 @@ def referenced_blobs(spec: RegistrySpec) -> set[str]:
         found = get_version(spec, int(mv.version))
         if found is None:
             raise ValueError(f"version {mv.version} of {spec.model_name!r} could not be read; nothing is collected")
-        shas.update(entry.sha256 for entry in found.manifest.experts.values())
+        shas.update(entry.sha256 for entry in found.manifest.blob_entries().values())
     return shas
 
 

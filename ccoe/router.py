@@ -29,9 +29,23 @@ class RouteDecision:
     rule: str | None
     reason: str
     matches: dict[str, list[str]] = field(default_factory=dict)
+    stage: str = "rules"
+    top: tuple[tuple[str, float], ...] = ()
 
     def as_dict(self) -> dict:
-        return {"expert": self.expert, "domain": self.domain, "scores": self.scores, "rule": self.rule, "reason": self.reason}
+        return {"expert": self.expert, "domain": self.domain, "stage": self.stage, "top": [list(t) for t in self.top],
+                "scores": self.scores, "rule": self.rule, "reason": self.reason}
+
+
+def expert_for(domain: str, mapping: dict[str, dict[str, float]], available: Iterable[str]) -> tuple[str | None, float]:
+    """The loaded expert with the largest M[e, domain] > 0 (ties: the one listed first), and its weight."""
+    loaded = set(available)
+    candidates = [(float(row.get(domain, 0.0)), -e, name) for e, (name, row) in enumerate(mapping.items())
+                  if name in loaded and row.get(domain, 0.0) > 0]
+    if not candidates:
+        return None, 0.0
+    weight, _, expert = max(candidates)
+    return expert, weight
 
 
 class RuleRouter:
@@ -72,12 +86,9 @@ class RuleRouter:
             top = f"{best}={scores[best]:g}" if best else "no domains"
             return RouteDecision(None, None, scores, None, f"no domain reached min_score {self.spec.min_score:g} ({top}): backbone", labels)
         rule = max(matches[best], key=lambda hit: hit[1])[0]
-        loaded = set(self.experts if available is None else available)
-        column = [row[self.domains.index(best)] for row in self.mapping_matrix()]
-        candidates = [(float(column[e]), -e, name) for e, name in enumerate(self.experts) if name in loaded and column[e] > 0]
-        if not candidates:
+        expert, weight = expert_for(best, self.spec.mapping, self.experts if available is None else available)
+        if expert is None:
             return RouteDecision(None, best, scores, rule, f"domain {best!r} (score {scores[best]:g}, {rule}) has no loaded expert: backbone", labels)
-        weight, _, expert = max(candidates)
         reason = f"domain {best!r} won with score {scores[best]:g} ({rule}); mapping M[{expert!r}, {best!r}] = {weight:g}"
         return RouteDecision(expert, best, scores, rule, reason, labels)
 

