@@ -29,8 +29,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -98,7 +96,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "router.md")
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     spec = LearnedRouterSpec()
     encoder = SentenceEncoder()
     data = training_set(domain_prompts(DOMAINS), general_prompts(spec.per_general_set), spec)

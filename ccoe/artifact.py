@@ -99,7 +99,7 @@ def save_artifact(model: CCoEModel, root: str | StorageSpec, router: RouterSpec 
 def stage_router(store: BlobStore, router: LearnedRouter, experts: Mapping[str, str], metrics: Mapping[str, float] = ()) -> LearnedRouterEntry:
     """Put a learned router's blob into the store; its manifest entry. `experts`: {expert: domain} it
     was trained for (every domain must be one of the router's classes)."""
-    missing = sorted({d for d in experts.values()} - set(router.domains))
+    missing = sorted(set(experts.values()) - set(router.domains))
     if missing:
         raise ValueError(f"the learned router does not know the domains {missing} of these experts; train it on them")
     data = router.to_bytes()

@@ -217,12 +217,13 @@ def _cmd_router_train(args) -> int:
         given[domain] = read_queries(Path(path))
     experts = {name: entry.domain for name, entry in manifest.experts.items()}
     data = training_set(domain_prompts(experts.values(), given), general_prompts(spec.per_general_set), spec)
-    print(f"embedding {len(data.texts)} training texts ({', '.join(f'{c}' for c in data.classes)})", file=sys.stderr)
-    step = max(1, len(data.texts) // 10)
-    fit = train_learned_router(
-        SentenceEncoder(), data, spec,
-        progress=lambda done, total: print(f"  {done}/{total}", file=sys.stderr) if done % step < spec.batch_size or done == total else None,
-    )
+    print(f"embedding {len(data.texts)} training texts ({', '.join(data.classes)})", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done // spec.batch_size % 10 == 0:
+            print(f"  {done}/{total}", file=sys.stderr)
+
+    fit = train_learned_router(SentenceEncoder(), data, spec, progress=progress)
     store = blob_store_for(manifest, args.artifact)
     metrics = {"validation_accuracy": fit.validation_accuracy, "train_accuracy": fit.train_accuracy, "validation_n": fit.validation_n}
     entry = stage_router(store, fit.router, experts, metrics)
