@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report data clean stack-up stack-down stack-status
+.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report data clean stack-up stack-down stack-status
 
 setup: $(STAMP)
 
@@ -76,4 +76,10 @@ clean:
 # The learned router vs the rules on labelled and held-out queries, and its cost (about 3 minutes).
 router-report: setup
 	$(PY) benchmarks/bench_router.py --out benchmarks/results/router.md
+	$(PY) benchmarks/collect.py > BENCHMARKS.md
+
+# Expert planning on composed tasks: trains math, sql and the planner into out/bench-planning (reused
+# when there), then base vs single experts vs planned execution (about 20 minutes on 2 cores).
+planning-report: setup
+	$(PY) benchmarks/bench_planning.py --out benchmarks/results/planning.md
 	$(PY) benchmarks/collect.py > BENCHMARKS.md

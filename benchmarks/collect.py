@@ -12,7 +12,8 @@ import transformers
 
 SECTIONS = ["runtime.md", "inference.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
 # hours of CPU training and scoring on the real backbone: not part of `make bench`
-OPTIONAL = {"domains.md": "make domain-report", "lora.md": "make lora-report", "router.md": "make router-report"}
+OPTIONAL = {"domains.md": "make domain-report", "lora.md": "make lora-report", "router.md": "make router-report",
+            "planning.md": "make planning-report"}
 
 
 def main() -> None:

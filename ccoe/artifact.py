@@ -124,7 +124,7 @@ def router_from_manifest(manifest: Manifest, store: BlobStore, use_cache: bool =
     if entry is None:
         return rules
     if not manifest.router_is_current():
-        warnings.warn(f"the learned router was trained for experts {entry.experts}, not {sorted(manifest.experts)}: "
+        warnings.warn(f"the learned router was trained for experts {entry.experts}, not {sorted(manifest.routable_experts())}: "
                       "routing by the rules until it is trained again (`ccoe router train`)", stacklevel=2)
         return rules
     encoder = SentenceEncoder()

@@ -190,32 +190,39 @@ def _cmd_route(args) -> int:
     else:
         print("this artifact has no router", file=sys.stderr)
         return 2
-    for prompt, decision in zip(prompts, router.route_many(prompts, available=list(manifest.experts))):
+    for prompt, decision in zip(prompts, router.route_many(prompts, available=list(manifest.routable_experts()))):
         print(json.dumps({"prompt": prompt, **decision.as_dict()}))
     return 0
+
+
+def given_prompts(items: list[str] | None) -> dict[str, list[str]]:
+    """`--prompts DOMAIN=FILE.jsonl` arguments -> prompts per domain (a domain that is not built in)."""
+    from ccoe.learned_router import read_queries
+
+    given = {}
+    for item in items or []:
+        domain, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"--prompts takes DOMAIN=FILE.jsonl, got {item!r}")
+        given[domain] = read_queries(Path(path))
+    return given
 
 
 def _cmd_router_train(args) -> int:
     from ccoe.artifact import stage_router
     from ccoe.config import LearnedRouterSpec
     from ccoe.domains.general import general_prompts
-    from ccoe.learned_router import SentenceEncoder, domain_prompts, read_queries, train_learned_router, training_set
+    from ccoe.learned_router import SentenceEncoder, domain_prompts, train_learned_router, training_set
     from ccoe.manifest import blob_store_for, merge, read_manifest, verify_present, write_manifest
     from ccoe.storage import BlobStore
 
     spec = load_yaml(LearnedRouterSpec, args.config) if args.config else LearnedRouterSpec()
     manifest = read_manifest(args.artifact)
-    if not manifest.experts:
+    if not manifest.routable_experts():
         print("ccoe router train: the artifact has no experts to route to", file=sys.stderr)
         return 2
-    given = {}
-    for item in args.prompts or []:
-        domain, sep, path = item.partition("=")
-        if not sep:
-            print(f"ccoe router train: --prompts takes DOMAIN=FILE.jsonl, got {item!r}", file=sys.stderr)
-            return 2
-        given[domain] = read_queries(Path(path))
-    experts = {name: entry.domain for name, entry in manifest.experts.items()}
+    given = given_prompts(args.prompts)
+    experts = {name: entry.domain for name, entry in manifest.routable_experts().items()}
     data = training_set(domain_prompts(experts.values(), given), general_prompts(spec.per_general_set), spec)
     print(f"embedding {len(data.texts)} training texts ({', '.join(data.classes)})", file=sys.stderr)
 
@@ -235,12 +242,55 @@ def _cmd_router_train(args) -> int:
     return 0
 
 
+def _cmd_planner_train(args) -> int:
+    from ccoe.config import PlannerSpec, TrackingSpec
+    from lightning_modules.planner import train_planner
+
+    spec = load_yaml(PlannerSpec, args.config) if args.config else PlannerSpec()
+    given = given_prompts(args.prompts)
+    tracking = TrackingSpec(tracking_uri=args.tracking_uri) if args.tracking_uri else None
+    done = train_planner(args.artifact, spec, given, tracking, progress=lambda line: print(line, file=sys.stderr))
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(done.entry.metrics.items()))
+    print(f"planner {spec.name!r} ({done.entry.sha256[:12]}…, layers {done.entry.layers}) trained in {done.seconds:.0f} s "
+          f"on {done.composed_rows} composed + {done.single_rows} one-step plans: {shown}")
+    return 0
+
+
+def _cmd_plan(args, model, router, manifest) -> int:
+    from ccoe.artifact import expert_mapping
+    from ccoe.planning import execute_plans, plan_queries, planning_setup
+
+    setup = planning_setup({name: e.domain for name, e in manifest.experts.items()}, expert_mapping(manifest))
+    routable = list(manifest.routable_experts())
+
+    def route(query: str) -> tuple[str | None, str | None]:
+        if router is None:
+            return None, None
+        decision = router.route(query, available=routable)
+        return decision.domain, decision.expert
+
+    plans = plan_queries(model, model.backbone.tokenizer, args.prompts, setup, route)
+    for result in execute_plans(model, model.backbone.tokenizer, args.prompts, plans):
+        if args.json:
+            print(json.dumps(result.as_dict(), ensure_ascii=False))
+            continue
+        how = f"fallback: {result.plan.fallback}" if result.plan.fallback else f"{len(result.plan.steps)}-step plan"
+        print(f"> {result.query}\n[{how}]")
+        for step in result.steps:
+            print(f"  {step.index}. {step.expert or 'backbone'} ({step.domain}): {step.completion!r} -> {step.answer!r}"
+                  + (f" [{step.error}]" if step.error else ""))
+        print(f"answer: {result.answer}\n")
+    return 0
+
+
 def _cmd_generate(args) -> int:
     import torch
 
     from ccoe.generation import generate_text
 
-    model, router, _ = load_any(args.artifact, args.tracking_uri)
+    model, router, manifest = load_any(args.artifact, args.tracking_uri)
+    if args.plan:
+        return _cmd_plan(args, model, router, manifest)
     experts, reasons = _routes(args.prompts, router, model, args.expert, args.backbone_only)
     generator = torch.Generator().manual_seed(args.seed)
     completions = generate_text(
@@ -343,12 +393,24 @@ def parser() -> argparse.ArgumentParser:
                        help="training prompts of a domain that is not built in; repeatable")
     train.set_defaults(func=_cmd_router_train)
 
+    planner = sub.add_parser("planner", help="train the planner expert of an artifact folder (expert planning)")
+    planner_sub = planner.add_subparsers(dest="action", required=True)
+    ptrain = planner_sub.add_parser("train", help="train on composed and one-step plans for the artifact's experts; rewrites the manifest")
+    ptrain.add_argument("--artifact", required=True, help="artifact folder or fsspec root")
+    ptrain.add_argument("--config", type=Path, help="PlannerSpec YAML (default: configs/planner.yaml's settings, built in)")
+    ptrain.add_argument("--tracking-uri", help="MLflow tracking URI of the training run (default: ./mlruns)")
+    ptrain.add_argument("--prompts", action="append", metavar="DOMAIN=FILE.jsonl",
+                        help="prompts of a domain that is not built in, planned as one step; repeatable")
+    ptrain.set_defaults(func=_cmd_planner_train)
+
     gen = sub.add_parser("generate", help="generate text; prompts are routed by the artifact's gate")
     gen.add_argument("--artifact", required=True, help=artifact_help)
     gen.add_argument("--tracking-uri", help=tracking_help)
     who = gen.add_mutually_exclusive_group()
     who.add_argument("--expert", help="force this expert for every prompt")
     who.add_argument("--backbone-only", action="store_true", help="bypass the experts")
+    who.add_argument("--plan", action="store_true", help="expert planning: the planner splits each prompt into steps, "
+                     "each run by its expert with earlier answers in context; prints the trace")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=float, default=0.7)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "ccoe.json"
 MANIFEST_FORMAT = "ccoe-manifest/1"
+PLANNER_DOMAIN = "planning"  # the planner expert's domain (ccoe.planning): in the manifest, never a routing target
 
 
 class BackboneEntry(Spec):
@@ -150,10 +151,14 @@ class Manifest(Spec):
             blobs["learned_router"] = self.learned_router
         return blobs
 
+    def routable_experts(self) -> dict[str, ExpertEntry]:
+        """The experts a request can be routed to: all but the planner (domain PLANNER_DOMAIN)."""
+        return {name: e for name, e in self.experts.items() if e.domain != PLANNER_DOMAIN}
+
     def router_is_current(self) -> bool:
-        """A learned router exists and was trained for exactly this manifest's experts and domains."""
-        r = self.learned_router
-        return r is not None and sorted(r.experts) == sorted(self.experts) and set(r.domains) == {e.domain for e in self.experts.values()}
+        """A learned router exists and was trained for exactly this manifest's routable experts and domains."""
+        r, experts = self.learned_router, self.routable_experts()
+        return r is not None and sorted(r.experts) == sorted(experts) and set(r.domains) == {e.domain for e in experts.values()}
 
     @field_validator("experts")
     @classmethod

@@ -27,15 +27,15 @@ from pathlib import Path
 
 from ccoe.artifact import fetch_blob
 from ccoe.backbone import load_backbone
-from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, PipelineSpec, RouterSpec
+from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, ExpertSpec, PipelineSpec, RouterSpec, TrainingOverrides
 from ccoe.data import data_fingerprint, load_records, to_examples, validation_items
 from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
 from ccoe.evaluate import evaluate_domain, evaluate_loss
 from ccoe.expert import expert_from_bytes
 from ccoe.gate import DomainScores, GateDecision, decide, evidence_rows
-from ccoe.manifest import BackboneEntry, Manifest, TrainedExpert, blob_store_for
+from ccoe.manifest import PLANNER_DOMAIN, BackboneEntry, LearnedRouterEntry, Manifest, TrainedExpert, blob_store_for
 from ccoe.model import CCoEModel
-from ccoe.router import RuleRouter
+from ccoe.router import RuleRouter, expert_for
 from ccoe.storage import BlobStore
 
 
@@ -56,13 +56,46 @@ def data_for(spec: PipelineSpec, plan: ExpertPlan) -> DataSpec:
     return train_data_spec(plan.expert.domain, max_length=spec.max_length, val_fraction=0.05)
 
 
+def custom_prompts(spec: PipelineSpec) -> dict[str, list[str]]:
+    """Training prompts of the pipeline's domains that are not built in (from their experts' `data`):
+    what the planner and the learned router learn those domains from."""
+    given: dict[str, list[str]] = {}
+    for plan in spec.experts:
+        if plan.expert.domain not in DOMAINS and plan.data is not None:
+            given.setdefault(plan.expert.domain, []).extend(e.prompt for e in to_examples(load_records(plan.data), plan.data))
+    return given
+
+
+def planner_plan(spec: PipelineSpec) -> ExpertPlan | None:
+    """The planner as one more expert of the pipeline (domain PLANNER_DOMAIN): its data are the plans
+    for the pipeline's experts (`ccoe.domains.composed.planner_training_rows`, inline records, so the
+    job is self-contained on a remote worker), 5% held out for the gate's loss; its training is the
+    PlannerSpec's whole TrainingSpec. None without `spec.planner`."""
+    if spec.planner is None:
+        return None
+    from ccoe.domains.composed import planner_training_rows
+
+    rows = planner_training_rows([p.expert.domain for p in spec.experts], spec.planner, custom_prompts(spec))
+    return ExpertPlan(
+        expert=ExpertSpec(name=spec.planner.name, domain=PLANNER_DOMAIN, layers=spec.planner.layers),
+        data=DataSpec(records=rows, max_length=spec.planner.max_length, val_fraction=0.05),
+        training=TrainingOverrides.model_validate(spec.planner.training.model_dump()),
+    )
+
+
+def all_plans(spec: PipelineSpec) -> list[ExpertPlan]:
+    """The pipeline's expert plans, and the planner's last when it has one."""
+    planner = planner_plan(spec)
+    return [*spec.experts, *([planner] if planner is not None else [])]
+
+
 def plan_jobs(spec: PipelineSpec, champion: Manifest | None, only: list[str] | None = None) -> list[PlannedJob]:
-    """Jobs for the experts named in `only` (default: all), with skip decisions for unchanged data.
+    """Jobs for the experts (and planner) named in `only` (default: all), with skip decisions for unchanged data.
 
     An expert whose data cannot be read gets `error` instead of a job, so it fails alone.
     """
-    planned = []
-    for plan in spec.experts:
+    planned, plans = [], all_plans(spec)
+    for plan in plans:
         if only is not None and plan.expert.name not in only:
             continue
         data = data_for(spec, plan)
@@ -78,7 +111,7 @@ def plan_jobs(spec: PipelineSpec, champion: Manifest | None, only: list[str] | N
         planned.append(PlannedJob(plan, spec.job(plan, data, fingerprint), fingerprint, skip))
     unknown = sorted(set(only or []) - {p.plan.expert.name for p in planned})
     if unknown:
-        raise KeyError(f"unknown experts {unknown}; the pipeline defines {[p.expert.name for p in spec.experts]}")
+        raise KeyError(f"unknown experts {unknown}; the pipeline defines {[p.expert.name for p in plans]}")
     return planned
 
 
@@ -89,10 +122,33 @@ def pipeline_router(spec: PipelineSpec) -> RouterSpec:
     return router_spec(mapping={name: {domain: 1.0} for domain, name in names.items() if domain in DOMAINS})
 
 
-def merge_results(spec: PipelineSpec, trained: list[TrainedExpert], pops: list[str] = ()):
+def train_pipeline_router(spec: PipelineSpec, trained: list[TrainedExpert], champion: Manifest | None) -> LearnedRouterEntry | None:
+    """The learned router for the pipeline's domain experts, staged in its blob store; None (the
+    base's is kept) without `spec.learned_router`, or when only the planner was trained and the
+    champion's router already fits these experts. Why retrain when a domain expert was: its
+    training prompts, which the router learns from, may have changed with it."""
+    if spec.learned_router is None:
+        return None
+    experts = {p.expert.name: p.expert.domain for p in spec.experts}
+    current = champion is not None and champion.learned_router is not None and sorted(champion.learned_router.experts) == sorted(experts)
+    if current and all(t.entry.domain == PLANNER_DOMAIN for t in trained):
+        return None
+    from ccoe.artifact import stage_router
+    from ccoe.domains.general import general_prompts
+    from ccoe.learned_router import SentenceEncoder, domain_prompts, train_learned_router, training_set
+
+    settings = spec.learned_router
+    data = training_set(domain_prompts(experts.values(), custom_prompts(spec)), general_prompts(settings.per_general_set), settings)
+    fit = train_learned_router(SentenceEncoder(), data, settings)
+    metrics = {"validation_accuracy": fit.validation_accuracy, "train_accuracy": fit.train_accuracy, "validation_n": fit.validation_n}
+    return stage_router(BlobStore(spec.storage), fit.router, experts, metrics)
+
+
+def merge_results(spec: PipelineSpec, trained: list[TrainedExpert], pops: list[str] = (), learned_router: LearnedRouterEntry | None = None):
     """Push trained experts into the registry as `candidate`. Their blobs are already in the pipeline's
     blob store (each job put its own there), so the merge moves no bytes and loads no model: the bare
-    manifest takes its backbone fingerprint from the experts, which must agree."""
+    manifest takes its backbone fingerprint from the experts, which must agree. `learned_router`
+    (from `train_pipeline_router`) replaces the base's."""
     from ccoe import registry
 
     elsewhere = sorted(t.name for t in trained if t.stored_in != spec.storage)
@@ -104,7 +160,7 @@ def merge_results(spec: PipelineSpec, trained: list[TrainedExpert], pops: list[s
     bare = Manifest(backbone=BackboneEntry(spec=spec.backbone, fingerprint=fingerprints.pop()), storage=spec.storage)
     return registry.merge_and_register(
         spec.registry, BlobStore(spec.storage), bare=bare, entries={t.name: t.entry for t in trained}, pops=pops,
-        router=pipeline_router(spec),
+        router=pipeline_router(spec), learned_router=learned_router,
     )
 
 
@@ -115,9 +171,9 @@ def _expert_for(manifest: Manifest | None, domain: str) -> str | None:
         return None
     own = sorted(n for n, e in manifest.experts.items() if e.domain == domain)
     if manifest.router is not None:
-        weights = {n: w[domain] for n, w in manifest.router.mapping.items() if n in manifest.experts and w.get(domain, 0) > 0}
-        if weights:
-            return max(sorted(weights), key=weights.__getitem__)
+        expert, _ = expert_for(domain, manifest.router.mapping, manifest.experts)  # routing's own choice, ties included
+        if expert is not None:
+            return expert
     if len(own) > 1:
         raise ValueError(f"domain {domain!r} has experts {own} and no router mapping says which one serves it")
     return own[0] if own else None
@@ -145,7 +201,7 @@ def held_out_items(spec: PipelineSpec, domain: str) -> tuple[list[dict], DataSpe
     the trainer held out, so never trained on). ([], None) when there is nothing held out."""
     if domain in DOMAINS:
         return eval_items(domain)[: spec.eval.max_items.get(domain)], DataSpec(records=[], max_length=spec.eval.max_length)
-    for plan in spec.experts:
+    for plan in all_plans(spec) if domain == PLANNER_DOMAIN else spec.experts:
         if plan.expert.domain == domain and plan.data is not None and plan.data.val_fraction > 0:
             return validation_items(plan.data, spec.eval.max_items.get(domain)), plan.data
     return [], None
@@ -206,7 +262,7 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
     router = RuleRouter(candidate.manifest.router or pipeline_router(spec))
     labelled = labelled_routing_queries()
     accuracy = sum(router.route(q).domain == d for q, d in labelled) / len(labelled)
-    retrained_domains = {p.expert.domain for p in spec.experts if p.expert.name in retrained}
+    retrained_domains = {p.expert.domain for p in all_plans(spec) if p.expert.name in retrained}
     decision = decide(spec.gate, scores, retrained_domains)
     return Evaluation(version, champion.version if champion else None, scores, accuracy, tuple(sorted(retrained)), decision)
 

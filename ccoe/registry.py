@@ -45,7 +45,7 @@ from mlflow.exceptions import MlflowException
 from ccoe.artifact import ExpertBlob, model_from_manifest, stage_blobs
 from ccoe.config import RegistrySpec, RouterSpec, TrackingSpec, check_name
 from ccoe.generation import generate_text
-from ccoe.manifest import MANIFEST_NAME, ExpertEntry, Manifest, blob_store_for, merge, verify_present
+from ccoe.manifest import MANIFEST_NAME, ExpertEntry, LearnedRouterEntry, Manifest, blob_store_for, merge, verify_present
 from ccoe.storage import BlobStore
 
 ENTRY_FILE = Path(__file__).resolve().parent / "pyfunc_entry.py"
@@ -178,11 +178,11 @@ Each version holds only a manifest (`ccoe.json`): the backbone's identity and ev
 and sha256-addressed blob. Aliases: `candidate` is the latest merge, `champion` what the gated
 evaluation promoted. A version's description lists its experts and, once evaluated, the gate's
 decision with the per-domain scores. Serve it with `mlflow models serve -m models:/NAME@champion`:
-rows of prompt (and optionally expert, max_new_tokens) -> text, expert, reason."""
+rows of prompt (and optionally mode, expert, max_new_tokens) -> text, expert, reason, trace."""
 
 
 INPUT_EXAMPLE = pd.DataFrame({"prompt": ["What is 12 + 30?", "Is the defendant liable for the injury?"],
-                              "expert": [None, "law"], "max_new_tokens": [16, 16]})
+                              "mode": ["route", "law"], "max_new_tokens": [16, 16]})
 
 
 def pyfunc_signature():
@@ -193,9 +193,9 @@ def pyfunc_signature():
     from mlflow.types import ColSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "expert", required=False),
+        inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "mode", required=False), ColSpec("string", "expert", required=False),
                        ColSpec("long", "max_new_tokens", required=False)]),
-        outputs=Schema([ColSpec("string", "text"), ColSpec("string", "expert"), ColSpec("string", "reason")]),
+        outputs=Schema([ColSpec("string", "text"), ColSpec("string", "expert"), ColSpec("string", "reason"), ColSpec("string", "trace")]),
     )
 
 
@@ -284,6 +284,7 @@ def merge_and_register(
     entries: Mapping[str, ExpertEntry] | None = None,
     pops: Iterable[str] = (),
     router: RouterSpec | None = None,
+    learned_router: LearnedRouterEntry | None = None,
     base_alias: str = "champion",
     alias: str = "candidate",
 ) -> MergeResult:
@@ -293,7 +294,7 @@ def merge_and_register(
     with no experts). `blobs` are uploaded first (only missing ones); `entries` name experts whose blobs
     are already in `store` (put there by their training jobs). Every referenced blob is verified
     present by content, then the version is registered; racing merges are detected and retried on the
-    new head.
+    new head. `learned_router`: an entry whose blob is already in `store` replaces the base's.
     """
     pops = [check_name(p) for p in pops]
     base = get_version(spec, base_alias) or _newest_valid(spec)
@@ -315,9 +316,9 @@ def merge_and_register(
         parent_manifest = base.manifest if base else bare
         _check_base(parent_manifest, bare, store)
         manifest = merge(parent_manifest, pushes, [p for p in pops if p in parent_manifest.experts],
-                         router=router, parent=base.version if base else None)
+                         router=router, parent=base.version if base else None, learned_router=learned_router)
         manifest = manifest.model_copy(update={"storage": manifest.storage or store.spec})
-        verify_present(manifest, store, [e.sha256 for e in staged.values()])
+        verify_present(manifest, store, [e.sha256 for e in staged.values()] + ([learned_router.sha256] if learned_router else []))
         created = time.monotonic()
         version = _register(spec, manifest, _tags(manifest, base.version if base else None, pushes, pops))
         if time.monotonic() - created > spec.publish_timeout_s / 2:  # others may already take it for an orphan
@@ -492,37 +493,67 @@ def fail_dead_runs(tracking: TrackingSpec, expert: str) -> list[str]:
 
 
 class CCoEPyfunc(mlflow.pyfunc.PythonModel):
-    """`mlflow models serve` entry: rows of {prompt, expert?, max_new_tokens?} -> {text, expert, reason}.
+    """`mlflow models serve` entry: rows of {prompt, mode?, expert?, max_new_tokens?} -> {text, expert, reason, trace}.
 
     The manifest is the only model artifact; the backbone and blobs are fetched (and verified) at
-    load. An `expert` column routes explicitly (null = the gate decides; "backbone" = no expert).
+    load. `mode` per row: "route" (default: the gate decides), "plan" (expert planning: the planner's
+    steps, each with its expert; needs a planner expert; step budgets are the planner's, not
+    max_new_tokens), an expert's name, or "backbone" (no expert). The older `expert` column means the
+    same as a mode naming an expert or "backbone". `trace` is JSON: the decision, or the plan and
+    every step's prompt, completion and answer.
     """
 
     def load_context(self, context):
-        manifest = Manifest.model_validate_json(Path(context.artifacts["manifest"]).read_text())
-        self.model, self.router = model_from_manifest(manifest, blob_store_for(manifest, None))
+        self.manifest = Manifest.model_validate_json(Path(context.artifacts["manifest"]).read_text())
+        self.model, self.router = model_from_manifest(self.manifest, blob_store_for(self.manifest, None))
 
-    def _route(self, prompt: str, requested) -> tuple[str | None, str]:
-        if isinstance(requested, str) and requested:
-            if requested == "backbone":
-                return None, "requested: backbone"
+    def _route(self, prompt: str, requested: str) -> tuple[str | None, str]:
+        if requested == "backbone":
+            return None, "requested: backbone"
+        if requested != "route":
             if requested not in self.model.experts:
-                raise ValueError(f"unknown expert {requested!r}; available: {sorted(self.model.experts)} or 'backbone'")
+                raise ValueError(f"unknown mode or expert {requested!r}; use route, plan, backbone or one of {sorted(self.model.experts)}")
             return requested, f"requested: {requested}"
         if self.router is None:
             return None, "no router in this model: backbone"
-        decision = self.router.route(prompt, available=self.model.expert_names())
+        decision = self.router.route(prompt, available=list(self.manifest.routable_experts()))
         return decision.expert, decision.reason
+
+    def _plan(self, prompts: list[str]) -> list:
+        from ccoe.artifact import expert_mapping
+        from ccoe.planning import execute_plans, plan_queries, planning_setup
+
+        setup = planning_setup({n: e.domain for n, e in self.manifest.experts.items()}, expert_mapping(self.manifest))
+
+        def route(query: str) -> tuple[str | None, str | None]:
+            expert, _ = self._route(query, "route")
+            return (self.manifest.experts[expert].domain if expert else None), expert
+
+        tokenizer = self.model.backbone.tokenizer
+        return execute_plans(self.model, tokenizer, prompts, plan_queries(self.model, tokenizer, prompts, setup, route))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "prompt" not in frame.columns:
-            raise ValueError("input needs a 'prompt' column (optional: 'expert', 'max_new_tokens')")
-        requested = frame["expert"] if "expert" in frame.columns else [None] * len(frame)
-        routes = [self._route(p, r if not pd.isna(r) else None) for p, r in zip(frame["prompt"], requested)]
+            raise ValueError("input needs a 'prompt' column (optional: 'mode', 'expert', 'max_new_tokens')")
+        given = lambda column: [None if pd.isna(v) or v == "" else str(v) for v in frame[column]] if column in frame.columns else [None] * len(frame)
+        modes = [mode or expert or "route" for mode, expert in zip(given("mode"), given("expert"))]
+        prompts = [str(p) for p in frame["prompt"]]
+        out = [None] * len(frame)
+        planned = [row for row, mode in enumerate(modes) if mode == "plan"]
+        for row, result in zip(planned, self._plan([prompts[r] for r in planned]) if planned else []):
+            reason = result.plan.fallback or f"plan of {len(result.plan.steps)} step(s)"
+            out[row] = (result.text, ">".join(s.expert or "backbone" for s in result.plan.steps), reason, json.dumps(result.as_dict()))
+        direct = [row for row, mode in enumerate(modes) if mode != "plan"]
+        routes = {row: self._route(prompts[row], modes[row]) for row in direct}
         budget = int(frame["max_new_tokens"].max()) if "max_new_tokens" in frame.columns else int((params or {}).get("max_new_tokens", 64))
-        completions = generate_text(self.model, self.model.backbone.tokenizer, list(frame["prompt"]), [e for e, _ in routes], max_new_tokens=budget)
-        return pd.DataFrame({"text": [c.text for c in completions], "expert": [e or "backbone" for e, _ in routes], "reason": [r for _, r in routes]})
+        if direct:
+            completions = generate_text(self.model, self.model.backbone.tokenizer, [prompts[r] for r in direct], [routes[r][0] for r in direct],
+                                        max_new_tokens=budget)
+            for row, completion in zip(direct, completions):
+                expert, reason = routes[row]
+                out[row] = (completion.text, expert or "backbone", reason, json.dumps({"mode": modes[row], "expert": expert, "reason": reason}))
+        return pd.DataFrame(out, columns=["text", "expert", "reason", "trace"])
 
 
 def set_pyfunc_model() -> None:

@@ -93,6 +93,9 @@ def timing_line(timings: dict, total_s: float) -> str:
             f"({t['orchestration_s'] / total_s:.0%})")
 
 
+PLANNED_EXAMPLE = "How many customers are from Brazil? Call the answer N. There are N boxes with 6 pens in each box. How many pens are there in all?"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the CCoE pipeline (train -> merge -> evaluate -> gate)")
     p.add_argument("--config", default="configs/demo.yaml")
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     alias = "champion" if summary.get("promote") else "candidate"
     print(f"  Model:   .venv/bin/ccoe info --artifact models:/{spec.registry.model_name}@{alias} "
           f"--tracking-uri {spec.registry.tracking.store_uri()}")
+    if spec.planner is not None:
+        print(f"  Plan:    .venv/bin/ccoe generate --artifact models:/{spec.registry.model_name}@{alias} "
+              f"--tracking-uri {spec.registry.tracking.store_uri()} --plan \"{PLANNED_EXAMPLE}\"")
     return 0
 
 

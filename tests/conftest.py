@@ -110,3 +110,17 @@ def save_tiny_checkpoint(directory, model_type: str = "llama", layers: int = 4):
 @pytest.fixture
 def local_backbone_dir(tmp_path):
     return save_tiny_checkpoint(tmp_path / "tiny-llama")
+
+
+def save_tiny_artifact(folder, backbone_dir, router=None):
+    """An artifact folder on the tiny local backbone with fresh math and law experts (top layer each)."""
+    from ccoe.artifact import save_artifact
+    from ccoe.cli import build_model
+    from ccoe.config import CCoESpec
+
+    spec = CCoESpec.model_validate({"backbone": {"source": str(backbone_dir)}, "experts": [
+        {"name": "math", "domain": "math", "layers": {"strategy": "top", "k": 1}},
+        {"name": "law", "domain": "law", "layers": {"strategy": "top", "k": 1}}]})
+    root = folder / "artifact"
+    save_artifact(build_model(spec), str(root), router=router)
+    return root

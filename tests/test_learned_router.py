@@ -9,15 +9,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ccoe.artifact import expert_mapping, router_from_manifest, save_artifact, stage_router
-from ccoe.cli import build_model, main
-from ccoe.config import CCoESpec, LearnedRouterSpec, RouterSpec, load_yaml
+from ccoe.artifact import expert_mapping, router_from_manifest, stage_router
+from ccoe.cli import main
+from ccoe.config import LearnedRouterSpec, RouterSpec, load_yaml
 from ccoe.learned_router import (
     OUT_OF_DOMAIN, GatedRouter, LearnedRouter, SentenceEncoder, prompt_views, read_queries, train_learned_router, training_set,
 )
 from ccoe.manifest import merge, pop, read_manifest, write_manifest
 from ccoe.router import RuleRouter
 from ccoe.storage import BlobStore
+from tests.conftest import save_tiny_artifact
 from tests.test_router import ROUTER_YAML
 
 MATH = ["What is 12 plus 30?", "Solve 2x + 4 = 10 for x.", "What is the area of a square with side 5?", "Compute 7 times 8.",
@@ -109,13 +110,7 @@ def test_the_mapping_matrix_picks_the_expert_for_the_learned_domain(fitted, enco
 
 @pytest.fixture
 def artifact(tmp_path, local_backbone_dir):
-    path = tmp_path / "ccoe.yaml"
-    path.write_text(f"backbone: {{source: '{local_backbone_dir}'}}\nexperts:\n"
-                    "  - {name: math, domain: math, layers: {strategy: top, k: 1}}\n"
-                    "  - {name: law, domain: law, layers: {strategy: top, k: 1}}\n")
-    root = tmp_path / "artifact"
-    save_artifact(build_model(load_yaml(CCoESpec, path)), str(root), router=load_yaml(RouterSpec, ROUTER_YAML))
-    return root
+    return save_tiny_artifact(tmp_path, local_backbone_dir, router=load_yaml(RouterSpec, ROUTER_YAML))
 
 
 def test_a_manifest_carries_the_router_by_sha256_and_a_pop_makes_it_stale(artifact, fitted):

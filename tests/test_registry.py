@@ -18,7 +18,7 @@ from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec, RegistrySpec, RouterSpec, StorageSpec, TrackingSpec, load_yaml
 from ccoe.expert import create_expert, expert_to_bytes
 from ccoe.export import export_expert
-from ccoe.manifest import Manifest, bare_manifest, merge, pop, push, verify_present
+from ccoe.manifest import PLANNER_DOMAIN, Manifest, bare_manifest, merge, pop, push, verify_present
 from ccoe.model import CCoEModel
 from ccoe.storage import BlobStore
 from tests.conftest import perturb, tiny_spec
@@ -203,6 +203,25 @@ def test_pyfunc_answers_with_expert_and_reason(backbone, reg, tmp_path):
     assert all(isinstance(t, str) for t in out["text"])
 
 
+def test_pyfunc_mode_column_plans_routes_and_forces(backbone, reg, tmp_path):
+    store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
+    blobs = [make_blob(backbone, "math", "math", [3]), make_blob(backbone, "planner", PLANNER_DOMAIN, [2, 3], seed=5)]
+    registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=blobs, router=load_yaml(RouterSpec, ROUTER_YAML))
+    mlflow.set_tracking_uri(registry.tracking_uri(reg))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{reg.model_name}@candidate")
+    out = pyfunc.predict(pd.DataFrame({"prompt": ["what is the sum of two and three", "the court", "the sum of four and five", "law"],
+                                       "mode": ["plan", "math", None, "backbone"], "max_new_tokens": [3, 3, 3, 3]}))
+    assert list(out.columns) == ["text", "expert", "reason", "trace"]
+    assert list(out["expert"]) == ["math", "math", "math", "backbone"]
+    plan = json.loads(out["trace"][0])
+    assert plan["plan"]["source"] == "fallback" and out["reason"][0] == plan["plan"]["fallback"]  # a random planner writes no plan
+    assert plan["plan"]["steps"] == [{"domain": "math", "expert": "math"}] and plan["trace"][0]["expert"] == "math"
+    assert json.loads(out["trace"][1]) == {"mode": "math", "expert": "math", "reason": "requested: math"}
+    assert json.loads(out["trace"][2])["mode"] == "route" and "domain 'math'" in out["reason"][2]
+    with pytest.raises(Exception, match="unknown mode or expert 'poem'"):
+        pyfunc.predict(pd.DataFrame({"prompt": ["x"], "mode": ["poem"]}))
+
+
 def test_mlflow_models_serve_answers_requests(backbone, reg, tmp_path):
     store = BlobStore(StorageSpec(uri=str(tmp_path / "store")))
     registry.merge_and_register(reg, store, bare=bare_manifest(backbone), blobs=[make_blob(backbone, "math", "math", [3])],
@@ -264,5 +283,5 @@ def test_versions_are_readable_in_the_registry_ui_and_have_a_signature(backbone,
     logged = mlflow.models.Model.load(local)
     assert logged.load_input_example(local).equals(registry.INPUT_EXAMPLE)
     signature = logged.signature
-    assert [c.name for c in signature.inputs.inputs] == ["prompt", "expert", "max_new_tokens"]
-    assert [c.name for c in signature.outputs.inputs] == ["text", "expert", "reason"]
+    assert [c.name for c in signature.inputs.inputs] == ["prompt", "mode", "expert", "max_new_tokens"]
+    assert [c.name for c in signature.outputs.inputs] == ["text", "expert", "reason", "trace"]

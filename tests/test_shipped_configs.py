@@ -6,13 +6,14 @@ import pytest
 import yaml
 
 from benchmarks.domain_report import ReportSpec
-from ccoe.config import CCoESpec, ExpertJobSpec, PipelineSpec, RouterSpec, TrainingOverrides, TrainingSpec, load_pipeline, load_yaml
+from ccoe.config import CCoESpec, ExpertJobSpec, PipelineSpec, PlannerSpec, RouterSpec, TrainingOverrides, TrainingSpec, load_pipeline, load_yaml
 from ccoe.pipeline import data_for
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 KINDS = {
     "cluster.yaml": PipelineSpec, "demo.yaml": PipelineSpec, "tiny.yaml": PipelineSpec, "router.yaml": RouterSpec,
     "runtime-demo.yaml": CCoESpec, "train-expert-example.yaml": ExpertJobSpec, "domain-experts.yaml": ReportSpec,
+    "planner.yaml": PlannerSpec,
 }
 
 
@@ -28,6 +29,10 @@ def test_a_shipped_config_loads(name):
         for plan in spec.experts:
             job = spec.job(plan, data_for(spec, plan))
             assert job.training == TrainingSpec.model_validate({**spec.training.model_dump(), **plan.training.model_dump(exclude_none=True)})
+
+
+def test_the_shipped_planner_config_is_the_built_in_default():
+    assert load_yaml(PlannerSpec, CONFIGS / "planner.yaml") == PlannerSpec()
 
 
 def test_the_demo_overrides_are_applied():

@@ -91,9 +91,18 @@ def _values(db: sqlite3.Connection) -> dict[str, list]:
     }
 
 
-def _templates(r: random.Random, v: dict) -> tuple[list[str], str]:
-    """One question (several phrasings) and its gold SQL."""
-    kind = r.randrange(16)
+COUNT_KINDS = (0, 2, 6, 9, 12, 15)  # the templates whose answer is one count (composed tasks feed it onward)
+
+
+def question_values(db_path: Path) -> dict[str, list]:
+    """The slot values the templates draw from (genres, artists, countries, ...), read from the database."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return _values(db)
+
+
+def sql_question(r: random.Random, v: dict, kind: int | None = None) -> tuple[list[str], str]:
+    """One question (several phrasings) and its gold SQL; `kind` picks the template (default: drawn)."""
+    kind = r.randrange(16) if kind is None else kind
     g, a, c = r.choice(v["genre"]), r.choice(v["artist"]), r.choice(v["country"])
     if kind == 0:
         return ([f"How many tracks are in the {g} genre?", f"Count the tracks whose genre is {g}.", f"What is the number of {g} tracks?"],
@@ -235,13 +244,12 @@ class SqlDomain:
     )
 
     def build(self) -> tuple[list[dict], list[dict]]:
-        with sqlite3.connect(f"file:{database_path()}?mode=ro", uri=True) as db:
-            values = _values(db)
+        values = question_values(database_path())
         r, rows, seen = random.Random(self.seed), [], set()
         attempts = 0
         while len(rows) < self.num_questions and attempts < self.num_questions * 20:
             attempts += 1
-            phrasings, gold = _templates(r, values)
+            phrasings, gold = sql_question(r, values)
             prompt = question_prompt(r.choice(phrasings))
             if prompt in seen or run_readonly(database_path(), gold) in ([], [(0,)], [(None,)]):
                 continue  # an empty gold result would reward any query that finds nothing

@@ -9,6 +9,7 @@ import yaml
 
 from ccoe import registry
 from ccoe.config import PipelineSpec, load_yaml
+from ccoe.manifest import PLANNER_DOMAIN
 from flows.pipeline import TrainingOverrides, pipeline, retrain_expert
 from tests.flows.conftest import tiny_config
 
@@ -47,6 +48,22 @@ def test_pipeline_trains_merges_evaluates_and_promotes_then_skips_unchanged_data
     again = pipeline(str(config))
     assert again["trained"] == [] and again["version"] is None
     assert all("data unchanged since the champion" in reason for reason in again["skipped"].values())
+
+
+def test_the_pipeline_trains_the_planner_and_the_learned_router_into_the_candidate(tmp_path, prefect_harness):
+    config = tiny_config(tmp_path, planner={"composed": 6, "per_domain": 3, "max_length": 96, "layers": {"strategy": "top", "k": 1},
+                                            "training": {"max_steps": 3, "batch_size": 2, "learning_rate": 1.0e-3, "log_every_n_steps": 1}},
+                         learned_router={"per_domain": 12, "per_general_set": 1, "views": False, "steps": 30})
+    spec = load_yaml(PipelineSpec, config)
+    summary = pipeline(str(config))
+    assert sorted(summary["trained"]) == ["law", "math", "planner", "sql"] and summary["failures"] == {}
+    manifest = registry.get_version(spec.registry, summary["version"]).manifest
+    assert manifest.experts["planner"].domain == PLANNER_DOMAIN and sorted(manifest.routable_experts()) == ["law", "math", "sql"]
+    assert manifest.router_is_current() and manifest.learned_router.experts == ["law", "math", "sql"]
+    planning = next(e for e in summary["rows"] if e["domain"] == PLANNER_DOMAIN)
+    assert planning["basis"] == "loss" and planning["candidate_route"] == "planner"  # judged on its held-out plans
+    again = pipeline(str(config))
+    assert again["trained"] == [] and "planner" in again["skipped"]
 
 
 def test_a_bad_expert_is_rejected_and_the_champion_stays(config, tmp_path):

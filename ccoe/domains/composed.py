@@ -1,0 +1,134 @@
+"""Composed tasks with checkable answers, and the planner's training pairs, built from the domains' own builders.
+
+A composed task asks a Chinook question whose answer is one count (the SQL domain's counting
+templates, slot values from the database), then an arithmetic word problem in the math domain's
+style that uses that count as N:
+
+    How many customers are from Brazil? Call the answer N. A shop packs N boxes with 6 pens in each
+    box. How many pens does it pack?
+
+Its gold plan is two steps: the SQL question to the sql expert, then the word problem with N written
+as {1} (step 1's answer) to the math expert. Its answer is exact: the gold query's count pushed
+through the arithmetic. Counts above `MAX_COUNT` are skipped (a 135M model's arithmetic is the
+bottleneck there, not the planning).
+
+The planner learns from (query -> plan JSON) pairs: composed tasks from a training seed, and every
+domain's own training prompts as one-step plans (`{"steps": [{"domain": "math"}]}`), so a
+single-domain query plans as one step. Benchmark tasks come from another seed and any query that is
+also a training query is dropped (`composed_tasks(..., exclude=...)`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ccoe.config import PlannerSpec
+from ccoe.domains.math import ITEMS, NAMES
+from ccoe.domains.sql import COUNT_KINDS, database_path, question_values, run_readonly, sql_question
+from ccoe.manifest import PLANNER_DOMAIN
+from ccoe.planning import plan_json
+
+MAX_COUNT = 99
+CONNECTORS = ("Call the answer N.", "Let N be that number.", "Use that count as N.", "Take the result as N.")
+
+
+@dataclass(frozen=True)
+class ComposedTask:
+    """A query, its gold (domain, task) steps, its exact final answer, the kind of composition, and
+    the gold query of its SQL step with the count it returns (what step 1 should answer)."""
+
+    query: str
+    steps: tuple[tuple[str, str | None], ...]
+    answer: str
+    kind: str
+    gold_sql: str
+    count: int
+
+    @property
+    def plan(self) -> str:
+        return plan_json(self.steps)
+
+
+def _word_problem(r: random.Random, x: int) -> tuple[str, int] | None:
+    """A math-domain word problem with N standing for x (as in ccoe.domains.math's templates), and its answer."""
+    name, item = r.choice(NAMES), r.choice(ITEMS)
+    form = r.randrange(6)
+    if form == 0:
+        b, c = r.randint(5, 60), r.randint(1, 40)
+        c = min(c, x + b)
+        return f"{name} has N {item}. {name} buys {b} more and then gives {c} to a friend. How many {item} does {name} have now?", x + b - c
+    if form == 1:
+        per = r.randint(2, 9)
+        return f"There are N boxes with {per} {item} in each box. How many {item} are there in all?", x * per
+    if form == 2:
+        price = r.randint(2, 9)
+        return f"A shop sells notebooks for ${price} each. {name} buys N notebooks. How much does {name} pay, in dollars?", x * price
+    if form == 3:
+        days, last = r.randint(2, 9), r.randint(1, 30)
+        return f"{name} reads N pages a day for {days} days and then {last} pages on the last day. How many pages does {name} read in all?", x * days + last
+    if form == 4:
+        minutes = r.randint(2, 9)
+        start = x * minutes + r.randint(10, 400)
+        return f"A tank holds {start} litres of water. N litres drain out every minute for {minutes} minutes. How many litres remain?", start - x * minutes
+    other = r.choice([n for n in NAMES if n != name])
+    times, less = r.randint(2, 4), r.randint(1, 10)
+    if x * times - less < 0:
+        return None
+    return (f"{name} has N {item}. {other} has {less} fewer than {times} times as many as {name}. How many {item} do they have together?",
+            x + x * times - less)
+
+
+def composed_tasks(seed: int, n: int, exclude: Iterable[str] = ()) -> list[ComposedTask]:
+    """`n` distinct sql -> math tasks from `seed`, none of whose queries is in `exclude`."""
+    db = database_path()
+    values, r = question_values(db), random.Random(seed)
+    seen, tasks = set(exclude), []
+    for _ in range(n * 50):
+        if len(tasks) == n:
+            break
+        phrasings, gold = sql_question(r, values, r.choice(COUNT_KINDS))
+        rows = run_readonly(db, gold)
+        count = rows[0][0] if rows and rows[0] else None
+        if not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+            continue
+        question = r.choice(phrasings)
+        problem = _word_problem(r, count)
+        if problem is None:
+            continue
+        text, answer = problem
+        query = f"{question} {r.choice(CONNECTORS)} {text}"
+        if query in seen:
+            continue
+        seen.add(query)
+        steps = (("sql", question), ("math", re.sub(r"\bN\b", "{1}", text)))
+        tasks.append(ComposedTask(query, steps, str(answer), "sql>math", gold, count))
+    if len(tasks) < n:
+        raise ValueError(f"only {len(tasks)} distinct composed tasks from seed {seed} (asked for {n})")
+    return tasks
+
+
+def planner_rows(composed: Iterable[ComposedTask], single: dict[str, list[str]], rng: random.Random,
+                 per_domain: int) -> list[dict]:
+    """Planner training pairs {prompt, response}: composed queries -> their plans, and up to
+    `per_domain` prompts of each domain -> a one-step plan to that domain; shuffled by `rng`."""
+    rows = [{"prompt": task.query, "response": task.plan} for task in composed]
+    for domain, prompts in single.items():
+        for prompt in rng.sample(prompts, min(per_domain, len(prompts))):
+            rows.append({"prompt": prompt, "response": plan_json([(domain, None)])})
+    rng.shuffle(rows)
+    return rows
+
+
+
+def planner_training_rows(domains: Iterable[str], spec: PlannerSpec, given: Mapping[str, Sequence[str]] | None = None) -> list[dict]:
+    """The planner's training pairs for experts of `domains`: `spec.composed` composed tasks when both
+    sql and math have experts, and `spec.per_domain` one-step prompts per domain (`given` prompts for a
+    domain that is not built in, as for the learned router)."""
+    from ccoe.learned_router import domain_prompts
+
+    domains = [d for d in dict.fromkeys(domains) if d != PLANNER_DOMAIN]
+    composed = composed_tasks(spec.seed, spec.composed) if spec.composed and {"sql", "math"} <= set(domains) else []
+    return planner_rows(composed, domain_prompts(domains, given), random.Random(f"planner:{spec.seed}"), spec.per_domain)

@@ -1,0 +1,335 @@
+"""Expert planning: a query becomes an ordered list of sub-tasks, each run by its domain's expert.
+
+A plan is JSON, written by the planner expert (a layer expert trained on composed query -> plan
+pairs, `ccoe.domains.composed`):
+
+    {"steps": [{"domain": "sql", "task": "How many customers are from Brazil?"},
+               {"domain": "math", "task": "A shop packs {1} boxes with 6 pens in each box. How many pens does it pack?"}]}
+
+- `{k}` in a task is the answer of step k (1-based), which must come before it: references are the
+  plan's edges, so a forward or self reference (a cycle) is refused.
+- A one-step plan may leave out `task`: the whole query goes to that domain's expert unchanged, so a
+  single-domain query costs one expert call, exactly like routing.
+- The text is untrusted model output: `parse_plan` accepts only that shape (at most `MAX_STEPS` steps,
+  no other keys, domains with a loaded expert) and raises `PlanError` saying what was wrong; the
+  caller then routes the query to one expert and reports the fallback (`plan_queries`).
+
+The executor (`execute_plans`) runs many plans at once in waves: wave i is step i of every plan that
+has one, generated as one mixed-expert batch (`ccoe.generation.generate_text`). A step's prompt is
+its task with earlier answers substituted, framed the way its expert was trained (`StepTool.frame`);
+its answer is what the completion resolves to (`StepTool.resolve`): the final number for math, the
+result of running the query on the read-only database for SQL, the text itself otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ccoe.generation import generate_text
+from ccoe.manifest import PLANNER_DOMAIN
+from ccoe.model import CCoEModel
+
+MAX_STEPS = 4
+REFERENCE = re.compile(r"\{(\d+)\}")
+
+
+class PlanError(ValueError):
+    """The planner's text is not a valid plan; the message says what was wrong."""
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One sub-task. `task` None: the whole query. `expert` None: the plain backbone."""
+
+    domain: str | None
+    expert: str | None
+    task: str | None = None
+
+    @property
+    def uses(self) -> tuple[int, ...]:
+        """The earlier steps (1-based) whose answers this task refers to, in order of first use."""
+        return tuple(dict.fromkeys(int(k) for k in REFERENCE.findall(self.task or "")))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Steps in execution order; `source` is "planner", "given" or "fallback" (then `fallback` says why)."""
+
+    steps: tuple[PlanStep, ...]
+    source: str = "planner"
+    fallback: str | None = None
+
+    def as_dict(self) -> dict:
+        steps = [{"domain": s.domain, "expert": s.expert, **({"task": s.task} if s.task is not None else {}),
+                  **({"uses": list(s.uses)} if s.uses else {})} for s in self.steps]
+        return {"source": self.source, "fallback": self.fallback, "steps": steps}
+
+
+def plan_json(steps: Sequence[tuple[str, str | None]]) -> str:
+    """The planner's target text for (domain, task) steps: compact JSON, keys in a fixed order."""
+    return json.dumps({"steps": [{"domain": d, **({"task": t} if t is not None else {})} for d, t in steps]}, ensure_ascii=False)
+
+
+def parse_plan(text: str, experts: Mapping[str, str]) -> Plan:
+    """Validate planner output. `experts`: domain -> the expert that serves it (the mapping matrix's choice).
+
+    The first JSON object in `text` is read (generation may run on after it); anything else raises
+    PlanError: not JSON, not {"steps": [...]}, no steps or more than MAX_STEPS, a step with keys other
+    than domain/task, a domain without an expert, a step without a task in a multi-step plan, or a
+    reference {k} to a step that does not come before it.
+    """
+    start = text.find("{")
+    if start < 0:
+        raise PlanError("no JSON object in the planner's output")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError as err:
+        raise PlanError(f"the planner's output is not JSON ({err.msg} at character {err.pos})") from None
+    if not isinstance(value, dict) or set(value) != {"steps"} or not isinstance(value["steps"], list):
+        raise PlanError('a plan is an object with one key, "steps", holding a list')
+    raw = value["steps"]
+    if not 1 <= len(raw) <= MAX_STEPS:
+        raise PlanError(f"a plan has 1 to {MAX_STEPS} steps, this one has {len(raw)}")
+    steps = []
+    for number, step in enumerate(raw, 1):
+        if not isinstance(step, dict) or not set(step) <= {"domain", "task"} or not isinstance(step.get("domain"), str):
+            raise PlanError(f'step {number}: expected {{"domain": str, "task": str}}, got {json.dumps(step)[:120]}')
+        domain, task = step["domain"], step.get("task")
+        if domain not in experts or domain == PLANNER_DOMAIN:
+            raise PlanError(f"step {number}: no expert serves domain {domain!r} (loaded: {sorted(experts)})")
+        if task is None and len(raw) > 1:
+            raise PlanError(f"step {number}: every step of a multi-step plan needs a task")
+        if task is not None and (not isinstance(task, str) or not task.strip()):
+            raise PlanError(f"step {number}: the task must be a non-empty string")
+        for ref in REFERENCE.findall(task or ""):
+            if not 1 <= int(ref) < number:
+                raise PlanError(f"step {number} refers to step {ref}, which does not come before it (a cycle or a forward reference)")
+        steps.append(PlanStep(domain, experts[domain], task))
+    return Plan(tuple(steps))
+
+
+def plan_complete(text: str) -> bool:
+    """True once the text holds a closed top-level JSON object (the planner's generation can stop)."""
+    depth, inside, escaped, opened = 0, False, False, False
+    for char in text:
+        if inside:
+            escaped, inside = (False, inside) if escaped else (char == "\\", char != '"')
+            continue
+        if char == '"':
+            inside = True
+        elif char == "{":
+            depth, opened = depth + 1, True
+        elif char == "}":
+            depth -= 1
+            if opened and depth == 0:
+                return True
+    return False
+
+
+# -- running steps -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepTool:
+    """How a domain's expert takes a sub-task and what its completion answers.
+
+    `frame(task)`: the prompt in the form the expert was trained on; `resolve(completion)`: the value
+    later steps see (None when there is none, e.g. SQL that fails to run).
+    """
+
+    frame: Callable[[str], str] = lambda task: task
+    resolve: Callable[[str], str | None] = lambda text: text.strip() or None
+    max_new_tokens: int = 96
+    until: Callable[[str], bool] | None = None
+
+
+def _math_tool() -> StepTool:
+    from ccoe.domains.math import final_number
+
+    return StepTool(resolve=final_number, max_new_tokens=64)
+
+
+def sql_answer(completion: str, db_path=None) -> str | None:
+    """The result of the completion's query on the read-only database: one value as text (integral
+    floats as integers), several as comma-separated text (at most 20 rows); None if it does not run."""
+    import sqlite3
+
+    from ccoe.domains.sql import database_path, extract_sql, run_readonly
+
+    query = extract_sql(completion)
+    if not query:
+        return None
+    try:
+        rows = run_readonly(db_path or database_path(), query)
+    except sqlite3.Error:
+        return None
+    values = [v for row in rows[:20] for v in row]
+    if not values:
+        return None
+    return ", ".join(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in values)
+
+
+def _sql_tool() -> StepTool:
+    from ccoe.domains.sql import FENCED, question_prompt
+
+    return StepTool(frame=question_prompt, resolve=sql_answer, max_new_tokens=96, until=lambda text: FENCED.search(text) is not None)
+
+
+def default_tools() -> dict[str, StepTool]:
+    """Tools of the built-in domains that resolve to something other than the completion's text."""
+    return {"math": _math_tool(), "sql": _sql_tool()}
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    """What one step did: its prompt after substitution, the completion, and the answer it resolved to."""
+
+    index: int
+    domain: str | None
+    expert: str | None
+    prompt: str
+    completion: str
+    answer: str | None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"step": self.index, "domain": self.domain, "expert": self.expert, "prompt": self.prompt,
+                "completion": self.completion, "answer": self.answer, "error": self.error}
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A query's final answer (the last step's), its plan and every step's trace."""
+
+    query: str
+    plan: Plan
+    answer: str | None
+    steps: tuple[StepTrace, ...]
+    text: str
+
+    def as_dict(self) -> dict:
+        return {"query": self.query, "answer": self.answer, "text": self.text, "plan": self.plan.as_dict(),
+                "trace": [s.as_dict() for s in self.steps]}
+
+
+def substitute(task: str, answers: Sequence[str | None]) -> tuple[str, str | None]:
+    """`task` with every {k} replaced by step k's answer; an error when a referenced step had no answer."""
+    missing = [k for k in REFERENCE.findall(task) if answers[int(k) - 1] is None]
+    if missing:
+        return task, f"step {missing[0]} has no answer to use"
+    return REFERENCE.sub(lambda m: str(answers[int(m.group(1)) - 1]), task), None
+
+
+def execute_plans(
+    model: CCoEModel,
+    tokenizer,
+    queries: Sequence[str],
+    plans: Sequence[Plan],
+    tools: Mapping[str, StepTool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[PlanResult]:
+    """Run every plan; wave i generates step i of all plans that have one in one mixed-expert batch.
+
+    A step that refers to a step without an answer is not generated (its error names that step);
+    steps that do not depend on it still run. The final answer is the last step's. Greedy decoding,
+    so a plan's result does not depend on the other plans in its batch.
+    """
+    tools = default_tools() if tools is None else dict(tools)
+    fallback = StepTool()
+    answers: list[list[str | None]] = [[] for _ in queries]
+    traces: list[list[StepTrace]] = [[] for _ in queries]
+    texts = ["" for _ in queries]
+    waves = max((len(p.steps) for p in plans), default=0)
+    for wave in range(waves):
+        jobs = []
+        for row, plan in enumerate(plans):
+            if wave >= len(plan.steps):
+                continue
+            step = plan.steps[wave]
+            tool = tools.get(step.domain, fallback)
+            if step.task is None:
+                prompt, error = queries[row], None
+            else:
+                task, error = substitute(step.task, answers[row])
+                prompt = tool.frame(task)
+            if error:
+                traces[row].append(StepTrace(wave + 1, step.domain, step.expert, prompt, "", None, error))
+                answers[row].append(None)
+            else:
+                jobs.append((row, step, tool, prompt))
+        # one batch per token budget: rows of the same budget share a batch whatever their expert
+        for budget in sorted({tool.max_new_tokens for _, _, tool, _ in jobs}):
+            group = [job for job in jobs if job[2].max_new_tokens == budget]
+            untils = {id(tool.until): tool.until for _, _, tool, _ in group}
+            until = None if None in untils.values() or len(untils) != 1 else next(iter(untils.values()))
+            done = generate_text(model, tokenizer, [p for *_, p in group], [s.expert for _, s, _, _ in group],
+                                 max_new_tokens=budget, until=until)
+            for (row, step, tool, prompt), completion in zip(group, done):
+                answer = tool.resolve(completion.text)
+                traces[row].append(StepTrace(wave + 1, step.domain, step.expert, prompt, completion.text, answer,
+                                             None if answer is not None else "the completion resolved to no answer"))
+                answers[row].append(answer)
+                texts[row] = completion.text
+        if progress is not None:
+            progress(wave + 1, waves)
+    results = []
+    for row, (query, plan) in enumerate(zip(queries, plans)):
+        results.append(PlanResult(query, plan, answers[row][-1] if answers[row] else None, tuple(traces[row]), texts[row]))
+    return results
+
+
+# -- planning ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanningSetup:
+    """What planning needs from an artifact: the planner expert and domain -> serving expert."""
+
+    planner: str
+    experts: Mapping[str, str] = field(default_factory=dict)
+    max_new_tokens: int = 192
+
+
+def single_step(domain: str | None, expert: str | None, source: str, reason: str | None) -> Plan:
+    return Plan((PlanStep(domain, expert, None),), source=source, fallback=reason)
+
+
+def plan_queries(
+    model: CCoEModel,
+    tokenizer,
+    queries: Sequence[str],
+    setup: PlanningSetup,
+    route: Callable[[str], tuple[str | None, str | None]],
+) -> list[Plan]:
+    """The planner expert's plan for each query (one batch); an invalid plan becomes a one-step plan
+    to `route(query)` -> (domain, expert), with the reason in `Plan.fallback`."""
+    completions = generate_text(model, tokenizer, list(queries), [setup.planner] * len(queries),
+                                max_new_tokens=setup.max_new_tokens, until=plan_complete)
+    plans = []
+    for query, completion in zip(queries, completions):
+        try:
+            plans.append(parse_plan(completion.text, setup.experts))
+        except PlanError as err:
+            domain, expert = route(query)
+            plans.append(single_step(domain, expert, "fallback", f"{err}; routed to {expert or 'the backbone'} instead"))
+    return plans
+
+
+def planning_setup(manifest_experts: Mapping[str, str], mapping: Mapping[str, Mapping[str, float]], max_new_tokens: int = 192) -> PlanningSetup:
+    """From a manifest's experts (name -> domain) and its mapping matrix: the planner (the expert of
+    domain PLANNER_DOMAIN) and, per routable domain, the expert the mapping picks."""
+    from ccoe.router import expert_for
+
+    planners = [name for name, domain in manifest_experts.items() if domain == PLANNER_DOMAIN]
+    if not planners:
+        raise ValueError(f"the artifact has no planner expert (domain {PLANNER_DOMAIN!r}); train one with `ccoe planner train`")
+    domains = {d for d in manifest_experts.values() if d != PLANNER_DOMAIN}
+    experts = {}
+    for domain in sorted(domains):
+        expert, _ = expert_for(domain, dict(mapping), manifest_experts)
+        if expert is not None:
+            experts[domain] = expert
+    return PlanningSetup(planners[0], experts, max_new_tokens)

@@ -1,0 +1,214 @@
+"""Expert planning: plan validation (bad JSON, unknown experts, cycles), the executor's waves and
+substitution, the fallback to routing, and the composed tasks' answers."""
+
+import json
+import random
+import re
+import sqlite3
+
+import pytest
+
+from ccoe.config import LayerSelection, PlannerSpec
+from ccoe.domains.composed import composed_tasks, planner_rows, planner_training_rows
+from ccoe.domains.sql import database_path, run_readonly
+from ccoe.expert import create_expert
+from ccoe.cli import main
+from ccoe.manifest import PLANNER_DOMAIN, read_manifest
+from ccoe.model import CCoEModel
+from ccoe.backbone import load_backbone
+from ccoe.config import BackboneSpec
+from ccoe.planning import (
+    Plan, PlanError, PlanningSetup, PlanStep, StepTool, execute_plans, parse_plan, plan_complete, plan_json, plan_queries,
+    planning_setup, sql_answer, substitute,
+)
+from tests.conftest import perturb, save_tiny_artifact
+
+EXPERTS = {"math": "math-v2", "sql": "sql"}
+
+
+def test_a_valid_plan_parses_with_experts_from_the_mapping_and_its_references():
+    text = plan_json([("sql", "How many customers are from Brazil?"), ("math", "What is {1} * 3 + {1}?")])
+    plan = parse_plan(text + " trailing text the model kept writing", EXPERTS)
+    assert plan.steps == (PlanStep("sql", "sql", "How many customers are from Brazil?"), PlanStep("math", "math-v2", "What is {1} * 3 + {1}?"))
+    assert [s.uses for s in plan.steps] == [(), (1,)]
+    assert parse_plan('{"steps": [{"domain": "math"}]}', EXPERTS).steps == (PlanStep("math", "math-v2", None),)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("the answer is 4", "no JSON object"),
+    ('{"steps": [{"domain": "math", "task": "x"}', "not JSON"),
+    ('{"plan": []}', 'one key, "steps"'),
+    ('{"steps": []}', "1 to 4 steps, this one has 0"),
+    (json.dumps({"steps": [{"domain": "math", "task": "t"}] * 5}), "this one has 5"),
+    ('{"steps": [{"domain": "law", "task": "t"}]}', "no expert serves domain 'law'"),
+    ('{"steps": [{"domain": "planning", "task": "t"}]}', "no expert serves domain 'planning'"),
+    ('{"steps": [{"domain": "math", "task": "t", "expert": "x"}]}', "step 1: expected"),
+    ('{"steps": [{"domain": "math", "task": ""}]}', "non-empty string"),
+    ('{"steps": [{"domain": "sql"}, {"domain": "math", "task": "{1}"}]}', "step 1: every step of a multi-step plan needs a task"),
+    ('{"steps": [{"domain": "sql", "task": "{2}"}, {"domain": "math", "task": "{1}"}]}', "step 1 refers to step 2"),
+    ('{"steps": [{"domain": "sql", "task": "a"}, {"domain": "math", "task": "{2} + 1"}]}', "step 2 refers to step 2, which does not come before it"),
+])
+def test_an_invalid_plan_is_refused_with_what_was_wrong(text, message):
+    with pytest.raises(PlanError, match=message.replace("(", r"\(").replace("{", r"\{").replace("[", r"\[")):
+        parse_plan(text, {**EXPERTS, PLANNER_DOMAIN: "planner"})
+
+
+def test_plan_complete_sees_a_closed_object_past_braces_in_strings():
+    assert not plan_complete('{"steps": [{"domain": "math", "task": "use {1}')
+    assert not plan_complete('{"steps": [{"domain": "math", "task": "a \\" } b"}')
+    assert plan_complete('{"steps": [{"domain": "math", "task": "a {1} }"}]} and more')
+
+
+def test_substitution_uses_earlier_answers_and_reports_a_missing_one():
+    assert substitute("{1} boxes of {2}", ["4", "6"]) == ("4 boxes of 6", None)
+    assert substitute("{1} boxes of {2}", ["4", None])[1] == "step 2 has no answer to use"
+
+
+def test_sql_answer_runs_the_query_read_only():
+    assert sql_answer("```sql\nSELECT COUNT(*) FROM customer WHERE country = 'Brazil'\n```") == "5"
+    assert sql_answer("SELECT 2.0 * 3") == "6"
+    assert sql_answer("SELECT name FROM genre WHERE genre_id <= 2 ORDER BY genre_id") == "Rock, Jazz"
+    assert sql_answer("DROP TABLE customer") is None  # no SELECT: nothing runs
+    assert sql_answer("SELECT * FROM no_such_table") is None
+    with sqlite3.connect(database_path()) as db:
+        assert db.execute("SELECT COUNT(*) FROM customer").fetchone()[0] == 59
+
+
+@pytest.fixture
+def planned_model(local_backbone_dir):
+    model = CCoEModel(load_backbone(BackboneSpec(source=str(local_backbone_dir))))
+    model.push_expert(perturb(create_expert(model.backbone, "m", "math", LayerSelection(strategy="top", k=1)), scale=0.3, seed=1))
+    model.push_expert(perturb(create_expert(model.backbone, "s", "sql", [0, 2]), scale=0.3, seed=2))
+    model.push_expert(perturb(create_expert(model.backbone, "p", PLANNER_DOMAIN, LayerSelection(strategy="top", k=2)), scale=0.3, seed=3))
+    return model
+
+
+def _echo_tools(resolve=lambda text: text.split()[0] if text.split() else None):
+    framed = StepTool(frame=lambda task: f"write {task}", resolve=resolve, max_new_tokens=4)
+    return {"math": framed, "sql": framed}
+
+
+def test_execution_substitutes_earlier_answers_and_equals_running_each_plan_alone(planned_model):
+    tokenizer = planned_model.backbone.tokenizer
+    plans = [
+        Plan((PlanStep("sql", "s", "sum of two"), PlanStep("math", "m", "{1} plus three"))),
+        Plan((PlanStep("math", "m", None),)),
+        Plan((PlanStep(None, None, "what is five"), PlanStep("sql", "s", "{1} sql {1}"), PlanStep("math", "m", "{2} minus {1}"))),
+    ]
+    queries = ["what is the sum", "what is two plus three", "law court patient"]
+    together = execute_plans(planned_model, tokenizer, queries, plans, _echo_tools())
+    for query, plan, result in zip(queries, plans, together):
+        alone = execute_plans(planned_model, tokenizer, [query], [plan], _echo_tools())[0]
+        assert alone == result
+        assert [s.expert for s in result.steps] == [s.expert for s in plan.steps]
+        assert result.answer == result.steps[-1].answer
+    first, second = together[0].steps
+    assert first.prompt == "write sum of two" and second.prompt == f"write {first.answer} plus three"
+    assert together[1].steps[0].prompt == "what is two plus three"  # no task: the query itself, unframed
+    one, two, three = together[2].steps
+    assert two.prompt == f"write {one.answer} sql {one.answer}" and three.prompt == f"write {two.answer} minus {one.answer}"
+
+
+def test_a_step_without_an_answer_stops_its_plan_with_the_reason(planned_model):
+    plan = Plan((PlanStep("sql", "s", "sum"), PlanStep("math", "m", "{1} plus two")))
+    result = execute_plans(planned_model, planned_model.backbone.tokenizer, ["q"], [plan], _echo_tools(resolve=lambda text: None))[0]
+    assert result.answer is None
+    assert [s.error for s in result.steps] == ["the completion resolved to no answer", "step 1 has no answer to use"]
+    assert result.steps[1].completion == ""  # not generated
+
+
+def test_an_unusable_plan_falls_back_to_routing_and_says_why(planned_model):
+    setup = planning_setup({"m": "math", "s": "sql", "p": PLANNER_DOMAIN}, {"m": {"math": 1.0}, "s": {"sql": 1.0}, "p": {PLANNER_DOMAIN: 1.0}},
+                           max_new_tokens=6)
+    assert setup == PlanningSetup("p", {"math": "m", "sql": "s"}, 6)
+    plans = plan_queries(planned_model, planned_model.backbone.tokenizer, ["what is two", "sql query"], setup,
+                         route=lambda q: ("sql", "s") if "sql" in q else (None, None))
+    assert [p.source for p in plans] == ["fallback", "fallback"]  # an untrained planner writes no JSON
+    assert [p.steps for p in plans] == [(PlanStep(None, None, None),), (PlanStep("sql", "s", None),)]
+    assert plans[0].fallback.startswith("no JSON object") and plans[0].fallback.endswith("routed to the backbone instead")
+    assert plans[1].fallback.endswith("routed to s instead")
+
+
+def test_planning_setup_needs_a_planner():
+    with pytest.raises(ValueError, match="no planner expert"):
+        planning_setup({"m": "math"}, {"m": {"math": 1.0}})
+
+
+def test_composed_tasks_have_exact_answers_and_valid_gold_plans():
+    tasks = composed_tasks(5, 40)
+    assert len({t.query for t in tasks}) == 40
+    db = database_path()
+    for task in tasks:
+        plan = parse_plan(task.plan, {"sql": "sql", "math": "math"})
+        (sql_domain, question), (math_domain, problem) = task.steps
+        assert (sql_domain, math_domain) == ("sql", "math") and plan.steps[1].uses == (1,)
+        assert question in task.query and "{1}" in problem and "N" not in problem.split()
+        assert task.query.endswith(problem.replace("{1}", "N"))
+    checked = 0
+    for task in tasks:
+        assert run_readonly(db, task.gold_sql) == [(task.count,)] and 1 <= task.count <= 99
+        problem, count = task.steps[1][1], task.count
+        price = re.fullmatch(r"A shop sells notebooks for \$(\d+) each\. \w+ buys \{1\} notebooks\. .*", problem)
+        boxes = re.fullmatch(r"There are \{1\} boxes with (\d+) \w+ in each box\. .*", problem)
+        for match in (price, boxes):
+            if match:
+                assert task.answer == str(count * int(match.group(1)))
+                checked += 1
+    assert checked >= 5
+
+
+def test_benchmark_tasks_exclude_training_queries():
+    train = {t.query for t in composed_tasks(0, 300)}
+    held = composed_tasks(0, 50, exclude=train)
+    assert not train & {t.query for t in held}
+
+
+def test_planner_rows_mix_composed_and_one_step_plans():
+    tasks = composed_tasks(1, 10)
+    rows = planner_rows(tasks, {"law": ["a law question", "another"], "math": ["what is 2 + 2?"]}, random.Random(0), per_domain=1)
+    assert len(rows) == 12
+    responses = [json.loads(r["response"]) for r in rows]
+    assert sum(len(r["steps"]) == 2 for r in responses) == 10
+    singles = sorted(r["steps"][0]["domain"] for r in responses if len(r["steps"]) == 1)
+    assert singles == ["law", "math"]
+
+
+def test_planner_training_rows_compose_only_when_sql_and_math_have_experts():
+    spec = PlannerSpec(composed=20, per_domain=5)
+    both = planner_training_rows(["sql", "math", PLANNER_DOMAIN], spec)
+    assert sum('"task"' in r["response"] for r in both) == 20 and len(both) == 30
+    law_only = planner_training_rows(["law"], spec)
+    assert len(law_only) == 5 and all(r["response"] == '{"steps": [{"domain": "law"}]}' for r in law_only)
+    with pytest.raises(ValueError, match="give its training prompts"):
+        planner_training_rows(["poetry"], spec)
+
+
+@pytest.fixture
+def tiny_artifact(tmp_path, local_backbone_dir):
+    return save_tiny_artifact(tmp_path, local_backbone_dir)
+
+
+def test_planner_train_pushes_a_planner_and_leaves_every_expert_as_it_was(tiny_artifact, tmp_path, capsys):
+    config = tmp_path / "planner.yaml"
+    config.write_text("composed: 4\nper_domain: 3\nmax_length: 64\nlayers: {strategy: top, k: 1}\n"
+                      "training: {max_steps: 2, batch_size: 2, learning_rate: 1.0e-3, log_every_n_steps: 1}\n")
+    before = read_manifest(tiny_artifact)
+    assert main(["planner", "train", "--artifact", str(tiny_artifact), "--config", str(config),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    after = read_manifest(tiny_artifact)
+    assert {n: e for n, e in after.experts.items() if n != "planner"} == before.experts
+    planner = after.experts["planner"]
+    assert planner.domain == PLANNER_DOMAIN and planner.layers == [3] and planner.run_id
+    assert sorted(after.routable_experts()) == ["law", "math"]
+    assert "on 0 composed + 6 one-step plans" in capsys.readouterr().out  # no sql expert: nothing to compose
+    assert main(["generate", "--artifact", str(tiny_artifact), "--plan", "--json", "what is two plus three"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["query"] == "what is two plus three" and line["plan"]["source"] == "fallback"  # 2 steps teach no JSON
+    assert len(line["trace"]) == 1 and line["plan"]["fallback"].endswith("instead")
+
+
+def test_planner_train_refuses_a_planner_named_like_an_expert(tiny_artifact, tmp_path, capsys):
+    config = tmp_path / "planner.yaml"
+    config.write_text("name: math\n")
+    assert main(["planner", "train", "--artifact", str(tiny_artifact), "--config", str(config)]) == 2
+    assert "'math' is already a domain expert" in capsys.readouterr().err
