@@ -132,10 +132,39 @@ def judge(gate: GateSpec, scores: DomainScores, retrained: bool) -> DomainEviden
     return DomainEvidence(domain, retrained, label, basis, metric, loss, outcome, ok, reason)
 
 
-def decide(gate: GateSpec, scores: dict[str, DomainScores], retrained: Iterable[str]) -> GateDecision:
-    """Promote only if every domain's evidence passes and every retrained domain was scored."""
+@dataclass(frozen=True)
+class RoutingScores:
+    """Per labelled query, 1.0 when a gate sent it to its labelled domain, for the candidate's gate and
+    its reference (the champion's gate; without a champion, the candidate's rules alone), same order."""
+
+    reference: str
+    candidate: tuple[float, ...]
+    baseline: tuple[float, ...]
+
+
+def judge_routing(gate: GateSpec, routing: RoutingScores) -> DomainEvidence:
+    """Routing must not regress: a candidate whose gate routes the labelled queries significantly worse
+    than its reference (interval below -tolerance) is refused, whatever its experts score."""
+    if len(routing.candidate) != len(routing.baseline) or not routing.candidate:
+        raise ValueError("routing evidence needs the same non-empty list of labelled queries for both gates")
+    diff = paired_difference(routing.candidate, routing.baseline, confidence=gate.confidence, resamples=gate.resamples,
+                             seed=gate.seed, binary=True)
+    outcome: Outcome = "improved" if diff.low > 0 else "regressed" if diff.high < 0 else "no measurable change"
+    ok = diff.high >= -gate.tolerance
+    accuracy = lambda values: sum(values) / len(values)  # noqa: E731
+    reason = (f"routing: accuracy {accuracy(routing.candidate):.3f} vs {routing.reference} {accuracy(routing.baseline):.3f} "
+              f"on {diff.n} labelled queries, difference {diff.text()}: {outcome}"
+              + (" ok" if ok else f" REFUSED (a significant drop below -{gate.tolerance:g})"))
+    return DomainEvidence("routing", False, routing.reference, "metric", diff, None, outcome, ok, reason)
+
+
+def decide(gate: GateSpec, scores: dict[str, DomainScores], retrained: Iterable[str], routing: RoutingScores | None = None) -> GateDecision:
+    """Promote only if every domain's evidence passes, every retrained domain was scored, and routing
+    (when given) did not regress."""
     retrained = set(retrained)
     evidence = [judge(gate, scores[domain], domain in retrained) for domain in sorted(scores)]
+    if routing is not None:
+        evidence.append(judge_routing(gate, routing))
     for domain in sorted(retrained - set(scores)):
         evidence.append(DomainEvidence(
             domain, True, "base", None, None, None, "unscored", False,

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccoe.artifact import fetch_blob
+from ccoe.artifact import fetch_blob, router_from_manifest
 from ccoe.backbone import load_backbone
 from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, ExpertSpec, PipelineSpec, RouterSpec, TrainingOverrides
 from ccoe.data import data_fingerprint, load_records, to_examples, validation_items
 from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
 from ccoe.evaluate import evaluate_domain, evaluate_loss
 from ccoe.expert import expert_from_bytes
-from ccoe.gate import DomainScores, GateDecision, decide, evidence_rows
+from ccoe.gate import DomainScores, GateDecision, RoutingScores, decide, evidence_rows
 from ccoe.manifest import PLANNER_DOMAIN, BackboneEntry, LearnedRouterEntry, Manifest, TrainedExpert, blob_store_for
 from ccoe.model import CCoEModel
 from ccoe.router import RuleRouter, expert_for
@@ -68,17 +68,17 @@ def custom_prompts(spec: PipelineSpec) -> dict[str, list[str]]:
 
 def planner_plan(spec: PipelineSpec) -> ExpertPlan | None:
     """The planner as one more expert of the pipeline (domain PLANNER_DOMAIN): its data are the plans
-    for the pipeline's experts (`ccoe.domains.composed.planner_training_rows`, inline records, so the
-    job is self-contained on a remote worker), 5% held out for the gate's loss; its training is the
-    PlannerSpec's whole TrainingSpec. None without `spec.planner`."""
+    for the pipeline's experts (`ccoe.domains.composed.planner_training_rows`), in a content-addressed
+    file of the data cache like the domains' prepared splits, 5% held out for the gate's loss; its
+    training is the PlannerSpec's whole TrainingSpec. None without `spec.planner`."""
     if spec.planner is None:
         return None
-    from ccoe.domains.composed import planner_training_rows
+    from ccoe.domains.composed import planner_data_file, planner_training_rows
 
     rows = planner_training_rows([p.expert.domain for p in spec.experts], spec.planner, custom_prompts(spec))
     return ExpertPlan(
         expert=ExpertSpec(name=spec.planner.name, domain=PLANNER_DOMAIN, layers=spec.planner.layers),
-        data=DataSpec(records=rows, max_length=spec.planner.max_length, val_fraction=0.05),
+        data=DataSpec(source=str(planner_data_file(rows)), max_length=spec.planner.max_length, val_fraction=0.05),
         training=TrainingOverrides.model_validate(spec.planner.training.model_dump()),
     )
 
@@ -259,12 +259,30 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
         value = (lambda s: s.metric) if shown == "metric" else (lambda s: s.loss)
         say(f"  {domain}: {shown} base {value(result[None]):.3f}, candidate {value(result[route['candidate']]):.3f} "
             f"on {len(items)} items in {time.perf_counter() - started:.0f} s")
-    router = RuleRouter(candidate.manifest.router or pipeline_router(spec))
-    labelled = labelled_routing_queries()
-    accuracy = sum(router.route(q).domain == d for q, d in labelled) / len(labelled)
+    routing = routing_scores(spec, candidate.manifest, champion.manifest if champion else None)
+    accuracy = sum(routing.candidate) / len(routing.candidate) if routing else 0.0
     retrained_domains = {p.expert.domain for p in all_plans(spec) if p.expert.name in retrained}
-    decision = decide(spec.gate, scores, retrained_domains)
+    decision = decide(spec.gate, scores, retrained_domains, routing)
     return Evaluation(version, champion.version if champion else None, scores, accuracy, tuple(sorted(retrained)), decision)
+
+
+def routing_scores(spec: PipelineSpec, candidate: Manifest, champion: Manifest | None) -> RoutingScores | None:
+    """Each gate's 0/1 correctness on the labelled queries of the domains the candidate serves: the
+    candidate's whole gate (the learned router when it is current, then the rules) against the
+    champion's, or against the candidate's rules alone when there is no champion. None when the
+    candidate serves none of the labelled domains."""
+    served = {e.domain for e in candidate.routable_experts().values()}
+    labelled = [(q, d) for q, d in labelled_routing_queries() if d in served]
+    if not labelled:
+        return None
+    rules = RuleRouter(candidate.router or pipeline_router(spec))
+    gate = router_from_manifest(candidate, blob_store_for(candidate, None, spec.storage)) or rules
+    if champion is not None:
+        reference, label = router_from_manifest(champion, blob_store_for(champion, None, spec.storage)) or rules, "champion"
+    else:
+        reference, label = rules, "rules"
+    right = lambda router: tuple(float(router.route(q).domain == d) for q, d in labelled)  # noqa: E731
+    return RoutingScores(label, right(gate), right(reference))
 
 
 def apply_decision(spec: PipelineSpec, evaluation: Evaluation, run_id: str | None) -> None:

@@ -6,7 +6,7 @@ import pytest
 from ccoe.config import GateSpec
 from ccoe.evaluate import DomainScore
 from ccoe.evidence import clopper_pearson, detectable_for, paired_difference
-from ccoe.gate import DomainScores, bar_chart, decide, evidence_rows
+from ccoe.gate import DomainScores, RoutingScores, bar_chart, decide, evidence_rows, judge_routing
 
 
 def score(domain, right, nll=None, route=None):
@@ -179,3 +179,17 @@ def test_a_diverged_candidate_is_a_regression_not_noise():
     diverged = score("math", [0] * 6, nll=[float("nan")] * 6)
     decision = decide(GateSpec(), {"math": domain("math", base, diverged)}, ["math"])
     assert not decision.promote and decision.evidence[0].outcome == "regressed" and "NLL is not finite" in decision.evidence[0].reason
+
+
+def test_routing_that_drops_significantly_refuses_the_candidate_and_no_change_passes():
+    gate = GateSpec()
+    same = RoutingScores("champion", (1.0,) * 18 + (0.0,) * 2, (1.0,) * 18 + (0.0,) * 2)
+    kept = judge_routing(gate, same)
+    assert (kept.domain, kept.outcome, kept.ok, kept.metric.estimate) == ("routing", "no measurable change", True, 0.0)
+    assert kept.reason.startswith("routing: accuracy 0.900 vs champion 0.900 on 20 labelled queries")
+    worse = RoutingScores("rules", (1.0,) * 10 + (0.0,) * 10, (1.0,) * 20)
+    dropped = judge_routing(gate, worse)
+    assert (dropped.outcome, dropped.ok) == ("regressed", False) and dropped.metric.high < 0 and "REFUSED" in dropped.reason
+    assert decide(gate, {}, [], worse).promote is False and decide(gate, {}, [], same).promote is True
+    with pytest.raises(ValueError, match="same non-empty list"):
+        judge_routing(gate, RoutingScores("rules", (1.0,), ()))

@@ -60,7 +60,7 @@ def split_by_hash(rows: list[dict], eval_fraction: float, key: str = "prompt") -
     return train, held
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w") as handle:
         for row in rows:
@@ -94,8 +94,8 @@ def prepare_domain(domain: Domain, force: bool = False) -> PreparedDomain:
     held_prompts = {r["prompt"] for r in held}
     train = [r for r in train if r["prompt"] not in held_prompts]
     folder.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(files.train, train)
-    _write_jsonl(files.eval, held)
+    write_jsonl(files.train, train)
+    write_jsonl(files.eval, held)
     card = {"version": PREPARED_VERSION, "domain": domain.name, "task": domain.task, **asdict(domain.card),
             "train_rows": len(train), "eval_rows": len(held)}
     tmp = files.card.with_name(f".card.{os.getpid()}.tmp")

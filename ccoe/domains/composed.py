@@ -20,13 +20,18 @@ also a training query is dropped (`composed_tasks(..., exclude=...)`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ccoe.config import PlannerSpec
+from ccoe.domains.base import write_jsonl
 from ccoe.domains.math import ITEMS, NAMES
+from ccoe.domains.sources import data_root
 from ccoe.domains.sql import COUNT_KINDS, database_path, question_values, run_readonly, sql_question
 from ccoe.manifest import PLANNER_DOMAIN
 from ccoe.planning import plan_json
@@ -132,3 +137,17 @@ def planner_training_rows(domains: Iterable[str], spec: PlannerSpec, given: Mapp
     domains = [d for d in dict.fromkeys(domains) if d != PLANNER_DOMAIN]
     composed = composed_tasks(spec.seed, spec.composed) if spec.composed and {"sql", "math"} <= set(domains) else []
     return planner_rows(composed, domain_prompts(domains, given), random.Random(f"planner:{spec.seed}"), spec.per_domain)
+
+
+def planner_data_file(rows: Sequence[dict]) -> Path:
+    """The rows as `<data>/planner/<sha256 of their JSON lines>.jsonl`, written once (atomically).
+
+    Why a file and not inline records: a pipeline's jobs travel as flow-run parameters, which Prefect
+    caps at 512 KiB, and ~900 plans with their prompts are more; content addressing makes equal data
+    the same file, so the job's data fingerprint (and its skip decision) are unaffected."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    path = data_root() / "planner" / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(path, list(rows))
+    return path

@@ -62,6 +62,8 @@ def test_the_pipeline_trains_the_planner_and_the_learned_router_into_the_candida
     assert manifest.router_is_current() and manifest.learned_router.experts == ["law", "math", "sql"]
     planning = next(e for e in summary["rows"] if e["domain"] == PLANNER_DOMAIN)
     assert planning["basis"] == "loss" and planning["candidate_route"] == "planner"  # judged on its held-out plans
+    routing = next(e for e in summary["rows"] if e["domain"] == "routing")  # the learned gate against the rules alone
+    assert routing["reference"] == "rules" and routing["n"] == 24 and routing["ok"] == (routing["diff_high"] >= 0)
     again = pipeline(str(config))
     assert again["trained"] == [] and "planner" in again["skipped"]
 
