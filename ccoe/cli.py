@@ -257,20 +257,9 @@ def _cmd_planner_train(args) -> int:
 
 
 def _cmd_plan(args, model, router, manifest) -> int:
-    from ccoe.artifact import expert_mapping
-    from ccoe.planning import execute_plans, plan_queries, planning_setup
+    from ccoe.planning import plan_and_run
 
-    setup = planning_setup({name: e.domain for name, e in manifest.experts.items()}, expert_mapping(manifest))
-    routable = list(manifest.routable_experts())
-
-    def route(query: str) -> tuple[str | None, str | None]:
-        if router is None:
-            return None, None
-        decision = router.route(query, available=routable)
-        return decision.domain, decision.expert
-
-    plans = plan_queries(model, model.backbone.tokenizer, args.prompts, setup, route)
-    for result in execute_plans(model, model.backbone.tokenizer, args.prompts, plans):
+    for result in plan_and_run(model, model.backbone.tokenizer, manifest, router, args.prompts):
         if args.json:
             print(json.dumps(result.as_dict(), ensure_ascii=False))
             continue

@@ -201,7 +201,7 @@ def held_out_items(spec: PipelineSpec, domain: str) -> tuple[list[dict], DataSpe
     the trainer held out, so never trained on). ([], None) when there is nothing held out."""
     if domain in DOMAINS:
         return eval_items(domain)[: spec.eval.max_items.get(domain)], DataSpec(records=[], max_length=spec.eval.max_length)
-    for plan in all_plans(spec) if domain == PLANNER_DOMAIN else spec.experts:
+    for plan in [planner_plan(spec)] if domain == PLANNER_DOMAIN and spec.planner is not None else spec.experts:
         if plan.expert.domain == domain and plan.data is not None and plan.data.val_fraction > 0:
             return validation_items(plan.data, spec.eval.max_items.get(domain)), plan.data
     return [], None
@@ -261,7 +261,7 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
             f"on {len(items)} items in {time.perf_counter() - started:.0f} s")
     routing = routing_scores(spec, candidate.manifest, champion.manifest if champion else None)
     accuracy = sum(routing.candidate) / len(routing.candidate) if routing else 0.0
-    retrained_domains = {p.expert.domain for p in all_plans(spec) if p.expert.name in retrained}
+    retrained_domains = {candidate.manifest.experts[name].domain for name in retrained if name in candidate.manifest.experts}
     decision = decide(spec.gate, scores, retrained_domains, routing)
     return Evaluation(version, champion.version if champion else None, scores, accuracy, tuple(sorted(retrained)), decision)
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ccoe.generation import generate_text
-from ccoe.manifest import PLANNER_DOMAIN
+from ccoe.manifest import PLANNER_DOMAIN, Manifest
 from ccoe.model import CCoEModel
 
 MAX_STEPS = 4
@@ -333,3 +333,22 @@ def planning_setup(manifest_experts: Mapping[str, str], mapping: Mapping[str, Ma
         if expert is not None:
             experts[domain] = expert
     return PlanningSetup(planners[0], experts, max_new_tokens)
+
+
+def plan_and_run(model: CCoEModel, tokenizer, manifest: Manifest, router, queries: Sequence[str],
+                 tools: Mapping[str, StepTool] | None = None) -> list[PlanResult]:
+    """Plan every query with the manifest's planner and run the plans (`ccoe generate --plan`, the
+    pyfunc's `mode: plan`). `router` (a RuleRouter or GatedRouter, or None: the backbone) decides the
+    one-step plan of a query whose plan was unusable."""
+    from ccoe.artifact import expert_mapping
+
+    setup = planning_setup({name: e.domain for name, e in manifest.experts.items()}, expert_mapping(manifest))
+    routable = list(manifest.routable_experts())
+
+    def route(query: str) -> tuple[str | None, str | None]:
+        if router is None:
+            return None, None
+        decision = router.route(query, available=routable)
+        return decision.domain, decision.expert
+
+    return execute_plans(model, tokenizer, queries, plan_queries(model, tokenizer, queries, setup, route), tools)

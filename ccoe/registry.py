@@ -46,6 +46,7 @@ from ccoe.artifact import ExpertBlob, model_from_manifest, stage_blobs
 from ccoe.config import RegistrySpec, RouterSpec, TrackingSpec, check_name
 from ccoe.generation import generate_text
 from ccoe.manifest import MANIFEST_NAME, ExpertEntry, LearnedRouterEntry, Manifest, blob_store_for, merge, verify_present
+from ccoe.planning import plan_and_run
 from ccoe.storage import BlobStore
 
 ENTRY_FILE = Path(__file__).resolve().parent / "pyfunc_entry.py"
@@ -519,19 +520,6 @@ class CCoEPyfunc(mlflow.pyfunc.PythonModel):
         decision = self.router.route(prompt, available=list(self.manifest.routable_experts()))
         return decision.expert, decision.reason
 
-    def _plan(self, prompts: list[str]) -> list:
-        from ccoe.artifact import expert_mapping
-        from ccoe.planning import execute_plans, plan_queries, planning_setup
-
-        setup = planning_setup({n: e.domain for n, e in self.manifest.experts.items()}, expert_mapping(self.manifest))
-
-        def route(query: str) -> tuple[str | None, str | None]:
-            expert, _ = self._route(query, "route")
-            return (self.manifest.experts[expert].domain if expert else None), expert
-
-        tokenizer = self.model.backbone.tokenizer
-        return execute_plans(self.model, tokenizer, prompts, plan_queries(self.model, tokenizer, prompts, setup, route))
-
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if "prompt" not in frame.columns:
@@ -541,7 +529,8 @@ class CCoEPyfunc(mlflow.pyfunc.PythonModel):
         prompts = [str(p) for p in frame["prompt"]]
         out = [None] * len(frame)
         planned = [row for row, mode in enumerate(modes) if mode == "plan"]
-        for row, result in zip(planned, self._plan([prompts[r] for r in planned]) if planned else []):
+        results = plan_and_run(self.model, self.model.backbone.tokenizer, self.manifest, self.router, [prompts[r] for r in planned]) if planned else []
+        for row, result in zip(planned, results):
             reason = result.plan.fallback or f"plan of {len(result.plan.steps)} step(s)"
             out[row] = (result.text, ">".join(s.expert or "backbone" for s in result.plan.steps), reason, json.dumps(result.as_dict()))
         direct = [row for row, mode in enumerate(modes) if mode != "plan"]
