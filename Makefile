@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report data clean stack-up stack-down stack-status
+.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report data clean stack-up stack-down stack-status ui-screenshots
 
 setup: $(STAMP)
 
@@ -83,3 +83,8 @@ router-report: setup
 planning-report: setup
 	$(PY) benchmarks/bench_planning.py --out benchmarks/results/planning.md
 	$(PY) benchmarks/collect.py > BENCHMARKS.md
+
+# What the MLflow registry and the Prefect `retrain-expert` form look like after `make demo`: servers on
+# 127.0.0.1, headless Chromium (apt-get install chromium), PNGs in docs/ui (about a minute).
+ui-screenshots: setup
+	$(PY) infra/local/ui_screenshots.py

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from benchmarks.bench_runtime import K_QUARTER, spec  # noqa: E402
 from ccoe.artifact import save_artifact  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
@@ -92,7 +93,7 @@ def measure_sandbox(reps: int) -> list[dict]:
 
 
 def report(cli: list[dict], sandbox: list[dict], layers: tuple[str, ...]) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown CPU")
+    cpu = cpu_name()
     lines = ["## CLI latency and sandbox cost", "", f"Measured on {cpu}.", "",
              "Fresh process per command (`python -m ccoe.cli ...`), artifact with SmolLM2-135M shapes and two k=L/4 experts; "
              "medians of interleaved runs. Goal: `ccoe route` under 1 s (it took 5-7 s when importing the router imported torch).", "",

@@ -107,7 +107,7 @@ def run(spec: ReportSpec, domain_name: str, work: Path, lora_lr: float, k: int) 
     started = time.perf_counter()
     scores = evaluate_domain(model, backbone.tokenizer, domain, items, [None, "top", "global", "lora"],
                              spec=DataSpec(records=[], max_length=spec.eval.max_length), batch_size=spec.eval.batch_size,
-                             max_new_tokens=spec.eval.max_new_tokens.get(domain_name, 128), progress=True)
+                             generation_batch_size=spec.eval.generation_batch_size, max_new_tokens=spec.eval.max_new_tokens.get(domain_name, 128), progress=True)
     eval_s = time.perf_counter() - started
     base = scores[None]
     rows = []

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from ccoe.config import BackboneSpec, LearnedRouterSpec  # noqa: E402
 from ccoe.domains import DOMAINS, labelled_routing_queries, router_spec  # noqa: E402
 from ccoe.domains.general import general_prompts  # noqa: E402
@@ -85,11 +86,6 @@ def generation_seconds(prompts: list[str], new_tokens: int) -> list[float]:
         generate(model, ids, mask, max_new_tokens=new_tokens)
         times.append(time.perf_counter() - started)
     return times
-
-
-def cpu_name() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "an unnamed CPU")
 
 
 def main() -> None:

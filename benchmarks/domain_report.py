@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
 from ccoe.config import (  # noqa: E402
     CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingOverrides, TrainingSpec, apply_overrides,
@@ -85,6 +85,7 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
         scores = evaluate_domain(
             model, backbone.tokenizer, domain, items, [None, expert_spec.name],
             spec=DataSpec(records=[], max_length=spec.eval.max_length), batch_size=spec.eval.batch_size,
+            generation_batch_size=spec.eval.generation_batch_size,
             max_new_tokens=spec.eval.max_new_tokens.get(domain.name, 128), progress=True,
         )
         base, tuned = scores[None], scores[expert_spec.name]
@@ -114,13 +115,6 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
         with torch.no_grad():
             row["isolated"] = torch.equal(alone(ids, expert=row["expert_name"]).logits, combined(ids, expert=row["expert_name"]).logits)
     return rows
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def merge_rows(path: Path, rows: list[dict]) -> list[dict]:

@@ -484,7 +484,8 @@ class EvalSpec(Spec):
 
     max_items: dict[str, int] = Field(default_factory=dict, description="per domain; missing = the whole eval split")
     max_new_tokens: dict[str, int] = Field(default_factory=lambda: {"math": 64, "code": 256, "sql": 96})
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="rows per scoring forward (loss, multiple choice)")
+    generation_batch_size: int = Field(32, ge=1, description="(prompt, route) rows per generation batch; a CPU decoding step costs about the same for 8 rows as for 32")
     max_length: int = Field(768, ge=16)
     device: str = Field("cpu", description="where base, champion and candidate are scored: cpu, cuda, cuda:1, ...")
     dtype: DType | None = Field(None, description="backbone dtype for scoring (default: the backbone spec's); bfloat16 on GPUs")

@@ -97,8 +97,9 @@ def generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     new_tokens = []
     step_ids = ids
-    for _ in range(max_new_tokens):
-        out = model(step_ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1)
+    for step in range(max_new_tokens):
+        out = model(step_ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1,
+                    share_equal_rows=step == 0)
         token = select_next_token(
             out.logits[:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )

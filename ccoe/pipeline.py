@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccoe.artifact import fetch_blob, router_from_manifest
@@ -189,6 +189,7 @@ class Evaluation:
     router_accuracy: float
     retrained: tuple[str, ...]
     decision: GateDecision
+    seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per evaluated domain, and "routing"
 
     @property
     def rows(self) -> list[dict]:
@@ -238,6 +239,7 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
                 routes_by_sha[entry.sha256] = route_name
     served = {e.domain for m in filter(None, manifests.values()) for e in m.experts.values()}
     scores: dict[str, DomainScores] = {}
+    seconds: dict[str, float] = {}
     for number, domain in enumerate(sorted(served), 1):
         items, encoding = held_out_items(spec, domain)
         if not items:
@@ -249,21 +251,25 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
         started, routes = time.perf_counter(), [None, route["champion"], route["candidate"]]
         if domain in DOMAINS:
             result = evaluate_domain(model, backbone.tokenizer, DOMAINS[domain], items, routes, spec=encoding,
-                                     batch_size=spec.eval.batch_size, max_new_tokens=spec.eval.max_new_tokens.get(domain, 128),
+                                     batch_size=spec.eval.batch_size, generation_batch_size=spec.eval.generation_batch_size,
+                                     max_new_tokens=spec.eval.max_new_tokens.get(domain, 128),
                                      progress=progress)
         else:
             result = evaluate_loss(model, backbone.tokenizer, domain, items, routes, spec=encoding, batch_size=spec.eval.batch_size)
+        seconds[domain] = time.perf_counter() - started
         scores[domain] = DomainScores(domain, result[None], result[route["champion"]] if champion is not None else None,
                                       result[route["candidate"]])
         shown = "metric" if result[None].metric is not None else "NLL"
         value = (lambda s: s.metric) if shown == "metric" else (lambda s: s.loss)
         say(f"  {domain}: {shown} base {value(result[None]):.3f}, candidate {value(result[route['candidate']]):.3f} "
-            f"on {len(items)} items in {time.perf_counter() - started:.0f} s")
+            f"on {len(items)} items in {seconds[domain]:.0f} s")
+    started = time.perf_counter()
     routing = routing_scores(spec, candidate.manifest, champion.manifest if champion else None)
     accuracy = sum(routing.candidate) / len(routing.candidate) if routing else 0.0
     retrained_domains = {candidate.manifest.experts[name].domain for name in retrained if name in candidate.manifest.experts}
+    seconds["routing"] = time.perf_counter() - started
     decision = decide(spec.gate, scores, retrained_domains, routing)
-    return Evaluation(version, champion.version if champion else None, scores, accuracy, tuple(sorted(retrained)), decision)
+    return Evaluation(version, champion.version if champion else None, scores, accuracy, tuple(sorted(retrained)), decision, seconds)
 
 
 def routing_scores(spec: PipelineSpec, candidate: Manifest, champion: Manifest | None) -> RoutingScores | None:

@@ -35,6 +35,7 @@ def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_i
                    if r[f"{label}_metric"] is not None}
         metrics |= {f"{r['domain']}/{key}": r[key] for r in evaluation.rows for key in ("diff", "diff_low", "diff_high") if r[key] is not None}
         metrics["router_accuracy"] = evaluation.router_accuracy
+        metrics |= {f"{domain}/eval_seconds": value for domain, value in evaluation.seconds.items()}
         run_id = registry.log_run(
             spec.registry, f"evaluate-v{version}", metrics=metrics, files=[chart, table],
             params={"version": str(version), "champion_version": str(evaluation.champion_version or ""), "retrained": ",".join(retrained)},
@@ -47,4 +48,5 @@ def evaluate(spec: PipelineSpec, version: int, retrained: list[str], train_run_i
     create_markdown_artifact(key="ccoe-gate", markdown=report, description=decision.summary()[:500])
     logger.info(decision.summary())
     return {"version": version, "promote": decision.promote, "reasons": decision.reasons, "rows": evaluation.rows,
-            "router_accuracy": evaluation.router_accuracy, "evaluation_run_id": run_id, "report": report, "seconds": seconds}
+            "router_accuracy": evaluation.router_accuracy, "evaluation_run_id": run_id, "report": report, "seconds": seconds,
+            "domain_seconds": evaluation.seconds}

@@ -57,7 +57,8 @@ def run_pipeline(spec: PipelineSpec, only: list[str] | None = None) -> dict:
             "version": merged.version, "promote": evaluated["promote"], "report": evaluated["report"], "rows": evaluated["rows"],
             "evaluation_run_id": evaluated["evaluation_run_id"], "train_run_ids": run_ids,
             "timings": {"train_jobs_s": {t.name: t.seconds for t in trained.results}, "train_wall_s": train_wall,
-                        "merge_s": merge_s, "evaluate_s": evaluated["seconds"]}}
+                        "merge_s": merge_s, "evaluate_s": evaluated["seconds"],
+                        "evaluate_domains_s": evaluated["domain_seconds"]}}
 
 
 @flow(name="pipeline")

@@ -90,3 +90,32 @@ def test_until_ends_a_row_early_and_keeps_what_it_had(experts_model):
     assert out[0, :4].tolist() == free[0, :4].tolist() and (out[0, 4:] == -1).all()
     assert torch.equal(out[1:], free[1:])
     assert set(asked) == {4, 8, 12}
+
+
+def test_a_prompt_under_several_experts_shares_its_prefill(experts_model):
+    """Equal rows run the layers below the lowest expert layer once: same logits and KV cache as the
+    plain forward (up to rounding), and the backbone's first layer sees only the distinct prompts."""
+    from transformers import DynamicCache
+
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [5, 6, 7, 8, 9], [11, 12], [11, 12], [5, 6, 7, 8, 9]], pad_token_id=0)
+    routes = [None, "a", "a", None, "a"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    seen = []
+    hook = experts_model.lm.model.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    try:
+        runs = {}
+        for share in (False, True):
+            cache = DynamicCache(config=experts_model.backbone.config)
+            out = experts_model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, share_equal_rows=share)
+            runs[share] = (out.logits, cache)
+    finally:
+        hook.remove()
+    assert seen == [5, 2]
+    torch.testing.assert_close(runs[True][0], runs[False][0], atol=1e-5, rtol=1e-5)
+    for plain, shared in zip(runs[False][1].layers, runs[True][1].layers):
+        torch.testing.assert_close(shared.keys, plain.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shared.values, plain.values, atol=1e-5, rtol=1e-5)
+    batched = generate(experts_model, ids, mask, expert_ids=routes, max_new_tokens=6)
+    for row, route in enumerate(routes):
+        alone = generate(experts_model, ids[row:row + 1, mask[row].bool()], expert=route, max_new_tokens=6)
+        assert batched[row].tolist() == alone[0].tolist()
