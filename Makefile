@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report data clean stack-up stack-down stack-status ui-screenshots
+.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report bench-serving data clean stack-up stack-down stack-status ui-screenshots
 
 setup: $(STAMP)
 
@@ -61,6 +61,9 @@ bench: setup
 
 data: setup
 	$(VENV)/bin/ccoe data prepare
+
+bench-serving: setup
+	$(PY) benchmarks/bench_serving.py --out benchmarks/results/serving.md
 
 domain-report: setup
 	$(PY) benchmarks/domain_report.py --out benchmarks/results/domains.md

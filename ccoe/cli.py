@@ -272,6 +272,18 @@ def _cmd_plan(args, model, router, manifest) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from ccoe.config import ServeSpec
+    from ccoe.serving.http import serve
+
+    spec = load_yaml(ServeSpec, args.config) if args.config else ServeSpec()
+    pin = [name for name in (args.pin or "").split(",") if name]
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("poll_interval_s", args.poll_interval),
+                                   ("max_resident", args.max_resident), ("pin", pin or None)) if v is not None}
+    serve(args.model, ServeSpec.model_validate({**spec.model_dump(), **overrides}), args.tracking_uri, log=lambda line: print(line, flush=True))
+    return 0
+
+
 def _cmd_generate(args) -> int:
     import torch
 
@@ -422,6 +434,17 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--expert", required=True)
     export.add_argument("--out", required=True, type=Path)
     export.set_defaults(func=_cmd_export)
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) that follows the registry alias")
+    srv.add_argument("--model", required=True, help=artifact_help)
+    srv.add_argument("--tracking-uri", help=tracking_help)
+    srv.add_argument("--config", help="a ServeSpec YAML (configs/serve.yaml); flags below override it")
+    srv.add_argument("--host", help="default 127.0.0.1")
+    srv.add_argument("--port", type=int)
+    srv.add_argument("--poll-interval", type=float, help="seconds between reads of --model (0: never swap)")
+    srv.add_argument("--max-resident", type=int, help="experts in memory at most; the least recently used is evicted")
+    srv.add_argument("--pin", help="comma-separated experts that stay resident (e.g. law,sql)")
+    srv.set_defaults(func=_cmd_serve)
 
     gc = sub.add_parser("gc", help="remove expert blobs that no registry version and no given artifact references (dry run by default)")
     gc.add_argument("--storage", required=True, help="blob store root: a folder or s3://bucket/prefix")

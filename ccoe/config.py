@@ -596,6 +596,27 @@ class PipelineSpec(Spec):
         )
 
 
+class ServeSpec(Spec):
+    """`ccoe serve`: where it listens, how it batches, what it refuses, and how it follows the registry.
+
+    The API key itself is never in a config: `api_key_env` names the variable that holds it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    poll_interval_s: float = Field(10.0, ge=0, description="how often the model reference is read again (0: never); a moved alias is swapped in")
+    max_batch: int = Field(32, ge=1, description="rows in the running batch; newcomers wait for a free row")
+    max_queue: int = Field(256, ge=1, description="requests waiting for a row; more get HTTP 429")
+    max_prefill_tokens: int = Field(2048, ge=16, description="prompt tokens admitted per prefill: how long running rows can stall for newcomers")
+    max_concurrent: int = Field(512, ge=1, description="requests in flight (waiting + running + streaming); more get HTTP 429")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get HTTP 413")
+    default_max_tokens: int = Field(256, ge=1)
+    max_resident: int | None = Field(None, ge=1, description="experts in memory at most (LRU; none: all of the current version)")
+    pin: list[str] = Field(default_factory=list, description="experts that stay resident under max_resident")
+    api_key_env: str | None = Field(None, description="environment variable holding the bearer key /v1 requires; none: no key")
+    device: str = "cpu"
+    dtype: str | None = None
+
+
 SERVICE_ENV = {
     "CCOE_TRACKING_URI": "MLflow server of the training runs and of the registry (tracking.tracking_uri, registry.tracking.tracking_uri)",
     "CCOE_STORAGE_URI": "expert blob store (storage.uri), e.g. s3://ccoe/blobs",

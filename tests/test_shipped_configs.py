@@ -6,14 +6,14 @@ import pytest
 import yaml
 
 from benchmarks.domain_report import ReportSpec
-from ccoe.config import CCoESpec, ExpertJobSpec, PipelineSpec, PlannerSpec, RouterSpec, TrainingOverrides, TrainingSpec, load_pipeline, load_yaml
+from ccoe.config import CCoESpec, ExpertJobSpec, PipelineSpec, PlannerSpec, RouterSpec, ServeSpec, TrainingOverrides, TrainingSpec, load_pipeline, load_yaml
 from ccoe.pipeline import data_for
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 KINDS = {
     "cluster.yaml": PipelineSpec, "demo.yaml": PipelineSpec, "tiny.yaml": PipelineSpec, "router.yaml": RouterSpec,
     "runtime-demo.yaml": CCoESpec, "train-expert-example.yaml": ExpertJobSpec, "domain-experts.yaml": ReportSpec,
-    "planner.yaml": PlannerSpec,
+    "planner.yaml": PlannerSpec, "serve.yaml": ServeSpec,
 }
 
 
@@ -38,7 +38,8 @@ def test_the_shipped_planner_config_is_the_built_in_default():
 def test_the_demo_overrides_are_applied():
     spec = load_pipeline(CONFIGS / "demo.yaml", {})
     steps = {p.expert.name: spec.job(p, data_for(spec, p)).training.max_steps for p in spec.experts}
-    assert steps == {"math": 60, "code": spec.training.max_steps, "law": spec.training.max_steps, "medical": 40, "sql": 60}
+    assert spec.training.max_steps == 30
+    assert steps == {"math": 30, "code": 20, "law": 20, "medical": 30, "sql": 40}
 
 
 def _pipeline_with_overrides(tmp_path, overrides: str) -> Path:
