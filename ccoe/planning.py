@@ -230,8 +230,10 @@ def execute_plans(
     plans: Sequence[Plan],
     tools: Mapping[str, StepTool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    key: Callable[[str | None], str | None] = lambda name: name,
 ) -> list[PlanResult]:
     """Run every plan; wave i generates step i of all plans that have one in one mixed-expert batch.
+    `key` maps an expert's name to its route in `model` (a server keys experts by blob content).
 
     A step that refers to a step without an answer is not generated (its error names that step);
     steps that do not depend on it still run. The final answer is the last step's. Greedy decoding,
@@ -265,7 +267,7 @@ def execute_plans(
             group = [job for job in jobs if job[2].max_new_tokens == budget]
             untils = {id(tool.until): tool.until for _, _, tool, _ in group}
             until = None if None in untils.values() or len(untils) != 1 else next(iter(untils.values()))
-            done = generate_text(model, tokenizer, [p for *_, p in group], [s.expert for _, s, _, _ in group],
+            done = generate_text(model, tokenizer, [p for *_, p in group], [key(s.expert) for _, s, _, _ in group],
                                  max_new_tokens=budget, until=until)
             for (row, step, tool, prompt), completion in zip(group, done):
                 answer = tool.resolve(completion.text)
@@ -303,10 +305,11 @@ def plan_queries(
     queries: Sequence[str],
     setup: PlanningSetup,
     route: Callable[[str], tuple[str | None, str | None]],
+    key: Callable[[str | None], str | None] = lambda name: name,
 ) -> list[Plan]:
     """The planner expert's plan for each query (one batch); an invalid plan becomes a one-step plan
-    to `route(query)` -> (domain, expert), with the reason in `Plan.fallback`."""
-    completions = generate_text(model, tokenizer, list(queries), [setup.planner] * len(queries),
+    to `route(query)` -> (domain, expert), with the reason in `Plan.fallback`. `key`: as in `execute_plans`."""
+    completions = generate_text(model, tokenizer, list(queries), [key(setup.planner)] * len(queries),
                                 max_new_tokens=setup.max_new_tokens, until=plan_complete)
     plans = []
     for query, completion in zip(queries, completions):
@@ -336,10 +339,11 @@ def planning_setup(manifest_experts: Mapping[str, str], mapping: Mapping[str, Ma
 
 
 def plan_and_run(model: CCoEModel, tokenizer, manifest: Manifest, router, queries: Sequence[str],
-                 tools: Mapping[str, StepTool] | None = None) -> list[PlanResult]:
+                 tools: Mapping[str, StepTool] | None = None, keys: Mapping[str, str] | None = None) -> list[PlanResult]:
     """Plan every query with the manifest's planner and run the plans (`ccoe generate --plan`, the
-    pyfunc's `mode: plan`). `router` (a RuleRouter or GatedRouter, or None: the backbone) decides the
-    one-step plan of a query whose plan was unusable."""
+    pyfunc's `mode: plan`, `ccoe serve`'s model `plan`). `router` (a RuleRouter or GatedRouter, or None:
+    the backbone) decides the one-step plan of a query whose plan was unusable. `keys`: the model
+    route of each manifest expert when the model holds them under other names (default: their own)."""
     from ccoe.artifact import expert_mapping
 
     setup = planning_setup({name: e.domain for name, e in manifest.experts.items()}, expert_mapping(manifest))
@@ -351,4 +355,5 @@ def plan_and_run(model: CCoEModel, tokenizer, manifest: Manifest, router, querie
         decision = router.route(query, available=routable)
         return decision.domain, decision.expert
 
-    return execute_plans(model, tokenizer, queries, plan_queries(model, tokenizer, queries, setup, route), tools)
+    key = (lambda name: name) if keys is None else (lambda name: None if name is None else keys[name])
+    return execute_plans(model, tokenizer, queries, plan_queries(model, tokenizer, queries, setup, route, key), tools, key=key)

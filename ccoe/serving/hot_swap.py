@@ -28,7 +28,7 @@ from ccoe.manifest import Manifest, blob_store_for, read_manifest
 from ccoe.model import CCoEModel, Route
 from ccoe.serving.batching import ContinuousBatcher, Event, RequestHandle, SamplingParams
 
-AUTO, BACKBONE = "auto", "backbone"
+AUTO, BACKBONE, PLAN = "auto", "backbone", "plan"
 
 
 def resident_key(sha256: str) -> str:
@@ -53,8 +53,9 @@ class ServedVersion:
         return self.source if self.version is None else f"{self.source} (version {self.version})"
 
     def model_names(self) -> list[str]:
-        """What a request's `model` may be: auto, backbone, and every routable expert."""
-        return [AUTO, BACKBONE, *sorted(self.manifest.routable_experts())]
+        """What a request's `model` may be: auto, backbone, plan (with a planner expert), every routable expert."""
+        planner = len(self.manifest.experts) > len(self.manifest.routable_experts())
+        return [AUTO, BACKBONE, *([PLAN] if planner else []), *sorted(self.manifest.routable_experts())]
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,25 @@ class ExpertPool:
                     return resolved, self.engine.submit(prompt_ids, resolved.key, params, emit)
         raise RuntimeError(f"expert {resolved.expert!r} was evicted three times before its request could be queued; "
                            "raise max_resident")
+
+    def plan(self, query: str):
+        """Expert planning for one query (`ccoe.planning.plan_and_run` on the current version), run in the
+        batcher's loop thread: the planner and each step's expert generate while the running batch waits
+        (a plan holds the model for its whole run). Needs every expert resident (no `max_resident`).
+        Returns (PlanResult, version label)."""
+        from ccoe.planning import plan_and_run
+
+        if PLAN not in self.current.model_names():
+            raise UnknownModel(f"unknown model 'plan': {self.current.label} has no planner expert; it serves {self.current.model_names()}")
+        if self.max_resident is not None:
+            raise ValueError("model 'plan' needs every expert resident: start the server without max_resident")
+
+        def run():
+            served = self.current
+            result = plan_and_run(self.model, self.tokenizer, served.manifest, served.router, [query], keys=served.keys)[0]
+            return result, served.label
+
+        return self.engine.run_exclusive(run).result()
 
     # -- following the alias ------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ccoe.config import ServeSpec
 from ccoe.serving.batching import Delta, Finished, QueueFull, SamplingParams
-from ccoe.serving.hot_swap import ExpertPool, Resolved, UnknownModel
+from ccoe.serving.hot_swap import PLAN, ExpertPool, Resolved, UnknownModel
 
 
 class _Body(BaseModel):
@@ -196,6 +196,8 @@ def create_app(pool: ExpertPool, spec: ServeSpec) -> FastAPI:
             params = body.sampling(spec.default_max_tokens)
         except ValueError as err:
             return refuse(400, str(err), "invalid_request_error")
+        if body.model == PLAN:
+            return await planned(body, prompt_ids, route_text, kind)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731 (called from the batcher thread)
         try:
@@ -224,6 +226,30 @@ def create_app(pool: ExpertPool, spec: ServeSpec) -> FastAPI:
         return JSONResponse(_reply(rid, kind, body.model, resolved, text, finished),
                             headers={"x-ccoe-expert": resolved.expert or "backbone"})
 
+    async def planned(body: _Body, prompt_ids: list[int], query: str, kind: str):
+        """`model: plan`: the whole plan runs, then its answer is sent (as one chunk when streaming); the
+        `ccoe` object holds the steps' experts and the trace."""
+        try:
+            result, version = await asyncio.to_thread(pool.plan, query)
+        except UnknownModel as err:
+            return refuse(404, str(err), "invalid_request_error", "model")
+        except ValueError as err:
+            return refuse(400, str(err), "invalid_request_error", "model")
+        experts = ">".join(step.expert or "backbone" for step in result.plan.steps)
+        resolved = Resolved(experts, None, result.plan.fallback or f"plan of {len(result.plan.steps)} step(s)", version)
+        finished = Finished("stop", len(prompt_ids), len(pool.tokenizer(result.text, add_special_tokens=False)["input_ids"]))
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            events: asyncio.Queue = asyncio.Queue()
+            for event in (Delta(result.text), finished):
+                events.put_nowait(event)
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_stream(events, _Done(), resolved, body.model, rid, kind, include_usage, metrics),
+                                     media_type="text/event-stream", headers={"x-ccoe-expert": experts})
+        reply = _reply(rid, kind, body.model, resolved, result.text, finished)
+        reply["ccoe"]["trace"] = result.as_dict()
+        return JSONResponse(reply, headers={"x-ccoe-expert": experts})
+
     @app.post("/v1/completions")
     async def completions(body: CompletionBody):
         return await answer(body, pool.tokenizer(body.prompt)["input_ids"], body.prompt, "text")
@@ -234,6 +260,13 @@ def create_app(pool: ExpertPool, spec: ServeSpec) -> FastAPI:
         return await answer(body, encode_chat(pool.tokenizer, body.messages), users[-1] if users else body.messages[-1].content, "chat")
 
     return app
+
+
+class _Done:
+    """The handle of a request that has already finished (a plan): nothing to cancel."""
+
+    def cancel(self) -> None:
+        return None
 
 
 async def _collect(events: asyncio.Queue) -> tuple[str, Finished]:

@@ -64,6 +64,24 @@ def post(url: str, data: bytes, headers: dict | None = None) -> tuple[int, dict]
         return err.code, json.loads(err.read())
 
 
+def declare_only(url: str, path: str, length: int) -> tuple[int, dict]:
+    """POST headers announcing a body of `length` bytes, without sending it (a client that would stream 2 MiB)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.putrequest("POST", path)
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(length))
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
 def metric(server, name: str) -> float:
     text = urllib.request.urlopen(server["url"] + "/metrics", timeout=10).read().decode()
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(f"ccoe_{name} ")))
@@ -109,8 +127,8 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_running(server):
     assert status == 400 and "not valid JSON" in body["error"]["message"]
     status, body = post(server["url"] + "/v1/completions", json.dumps({"model": "math", "prompt": "x", "logit_bias": {}}).encode())
     assert status == 400 and body["error"]["param"] == "logit_bias"
-    status, body = post(server["url"] + "/v1/completions", b"{" + b" " * (2 << 20) + b"}")
-    assert status == 413
+    status, body = declare_only(server["url"], "/v1/completions", 2 << 20)  # refused before a byte of the body is read
+    assert status == 413 and "exceeds 1048576 bytes" in body["error"]["message"]
     assert urllib.request.urlopen(server["url"] + "/health", timeout=10).status == 200
     text = urllib.request.urlopen(server["url"] + "/metrics", timeout=10).read().decode()
     assert 'ccoe_rejected_total{status="404"}' in text and 'ccoe_rejected_total{status="413"}' in text
@@ -154,3 +172,46 @@ def test_a_new_expert_is_swapped_in_under_load_with_no_failed_request(server):
     assert after and after == new_text[:len(after)]
     assert set(answers) <= {old_text[:len(a)] for a in answers} | {new_text[:len(a)] for a in answers}
     assert metric(server, "resident_experts") == 2  # the old math was popped once its requests finished
+
+
+def test_model_plan_runs_expert_planning_and_returns_its_trace(tmp_path, local_backbone_dir):
+    """`model: plan` answers what `plan_and_run` answers on the same artifact, with the plan's experts and trace."""
+    from fastapi.testclient import TestClient
+
+    from ccoe.cli import build_model
+    from ccoe.config import CCoESpec, ServeSpec
+    from ccoe.planning import plan_and_run
+    from ccoe.serving.hot_swap import ExpertPool, ManifestSource
+    from ccoe.serving.http import create_app
+
+    spec = CCoESpec.model_validate({"backbone": {"source": str(local_backbone_dir)}, "experts": [
+        {"name": "math", "domain": "math", "layers": {"strategy": "top", "k": 1}},
+        {"name": "planner", "domain": "planning", "layers": {"strategy": "top", "k": 1}}]})
+    model = build_model(spec)
+    for n, expert in enumerate(model.experts.values()):
+        perturb(expert, scale=0.3, seed=40 + n)
+    root = tmp_path / "artifact"
+    save_artifact(model, str(root), router=load_yaml(RouterSpec, ROUTER_YAML))
+    loaded, router, manifest = load_artifact(str(root))
+    query = "what is the sum of two and three"
+    expected = plan_and_run(loaded, loaded.backbone.tokenizer, manifest, router, [query])[0]
+
+    pool = ExpertPool(ManifestSource(str(root)))
+    pool.engine.start()
+    try:
+        with TestClient(create_app(pool, ServeSpec())) as http:
+            assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["auto", "backbone", "plan", "math"]
+            reply = http.post("/v1/completions", json={"model": "plan", "prompt": query, "max_tokens": 4}).json()
+            assert reply["choices"][0]["text"] == expected.text
+            assert reply["ccoe"]["expert"] == ">".join(s.expert or "backbone" for s in expected.plan.steps)
+            assert reply["ccoe"]["trace"] == json.loads(json.dumps(expected.as_dict()))
+            lines = http.post("/v1/completions", json={"model": "plan", "prompt": query, "stream": True}).text.splitlines()
+            chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+            assert "".join(c["choices"][0]["text"] for c in chunks) == expected.text and expected.text
+            assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and [line for line in lines if line][-1] == "data: [DONE]"
+    finally:
+        pool.engine.close()
+    limited = ExpertPool(ManifestSource(str(root)), max_resident=1)
+    with TestClient(create_app(limited, ServeSpec())) as http:
+        refused = http.post("/v1/completions", json={"model": "plan", "prompt": query})
+    assert refused.status_code == 400 and "without max_resident" in refused.json()["error"]["message"]
