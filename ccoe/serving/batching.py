@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ccoe.generation import select_next_token
+from ccoe.generation import left_pad, select_next_token
 from ccoe.model import CCoEModel, Route
 
 
@@ -255,12 +255,7 @@ class ContinuousBatcher:
         rows = self._take_waiting()
         if not rows:
             return
-        width = max(len(r.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
-            mask[i, width - len(row.prompt_ids):] = 1
+        ids, mask = left_pad([r.prompt_ids for r in rows], self.pad)
         ids, mask = ids.to(self._device), mask.to(self._device)
         cache = DynamicCache(config=self.model.backbone.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)

@@ -210,7 +210,7 @@ def create_app(pool: ExpertPool, spec: ServeSpec) -> FastAPI:
             return refuse(400, str(err), "invalid_request_error", "max_tokens")
         except RuntimeError as err:  # a cold expert evicted again and again before its request was queued
             return refuse(503, str(err), "server_error")
-        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        rid = _request_id(kind)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(_stream(events, handle, resolved, body.model, rid, kind, include_usage, metrics),
@@ -238,7 +238,7 @@ def create_app(pool: ExpertPool, spec: ServeSpec) -> FastAPI:
         experts = ">".join(step.expert or "backbone" for step in result.plan.steps)
         resolved = Resolved(experts, None, result.plan.fallback or f"plan of {len(result.plan.steps)} step(s)", version)
         finished = Finished("stop", len(prompt_ids), len(pool.tokenizer(result.text, add_special_tokens=False)["input_ids"]))
-        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        rid = _request_id(kind)
         if body.stream:
             events: asyncio.Queue = asyncio.Queue()
             for event in (Delta(result.text), finished):
@@ -260,6 +260,10 @@ def create_app(pool: ExpertPool, spec: ServeSpec) -> FastAPI:
         return await answer(body, encode_chat(pool.tokenizer, body.messages), users[-1] if users else body.messages[-1].content, "chat")
 
     return app
+
+
+def _request_id(kind: str) -> str:
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 
 class _Done:
