@@ -439,6 +439,13 @@ class StorageSpec(Spec):
         return value
 
 
+class ExpertInit(Spec):
+    """The expert a job continues from: its blob (by sha256) in a blob store; the job's lineage parent."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    storage: StorageSpec
+
+
 class ExpertJobSpec(Spec):
     """Everything one expert training job needs: what it trains on, how, and where results go."""
 
@@ -450,6 +457,8 @@ class ExpertJobSpec(Spec):
     output_dir: str = "out/experts"
     storage: StorageSpec | None = Field(None, description="put the trained blob into this blob store (a pipeline's); None: output_dir and the MLflow run only")
     data_fingerprint: str | None = Field(None, description="the planner's fingerprint of `data`; the trainer refuses data that differs")
+    init: ExpertInit | None = Field(None, description="continue from this expert blob (sha256-checked, same layers) instead of the backbone's layers")
+    shards: list[str] = Field(default_factory=list, description="sha256 of every shard the trained expert will have seen (lineage)")
 
     @model_validator(mode="after")
     def _choice_objective_has_choices(self) -> "ExpertJobSpec":
@@ -520,11 +529,33 @@ class GateSpec(Spec):
         return self.margins.get(domain, self.margin)
 
 
+class ShardSpec(Spec):
+    """A domain's data as shards that accumulate in one folder or S3 prefix (e.g. dated JSONL files).
+
+    Each file directly in `location` (.jsonl/.json/.csv/.parquet) is one shard, known by the sha256 of
+    its bytes; shards are taken in name order, so dated names are chronological. The expert plan's
+    `data` (or the domain's defaults) says how a row becomes an example; its `source` is not read.
+    Continuing from the champion (`ExpertPlan.init: champion`) trains on the shards the champion's
+    expert has not seen plus `replay_fraction` x as many examples drawn from the shards it has seen
+    (their training side only), so the new expert rehearses what the old one knew."""
+
+    location: StorageSpec
+    replay_fraction: float = Field(0.5, ge=0, le=10, description="replayed earlier examples per new training example (0: none)")
+    seed: int = Field(0, description="of the replay sample")
+
+
 class ExpertPlan(Spec):
-    """One expert of a pipeline: what to train, on which data, with which overrides of the defaults."""
+    """One expert of a pipeline: what to train, on which data, with which overrides of the defaults.
+
+    `init`: `backbone` trains fresh copies of the backbone's layers (on all the data); `champion`
+    continues from the champion's expert of the same name (its blob sha256-checked, same layers), on
+    what is new since it was trained when the data comes as `shards`. With no champion expert to
+    continue from, `champion` starts from the backbone and the job's log says so."""
 
     expert: ExpertSpec
     data: DataSpec | None = Field(None, description="default: the domain's prepared training split")
+    shards: ShardSpec | None = Field(None, description="data that grows: a folder or S3 prefix of shards (then `data` only formats rows)")
+    init: Literal["backbone", "champion"] = Field("backbone", description="start from the backbone's layers or continue the champion's expert")
     training: TrainingOverrides = Field(default_factory=TrainingOverrides, description="overrides of the pipeline's TrainingSpec")
 
 
@@ -586,13 +617,16 @@ class PipelineSpec(Spec):
             "work_dir": str(folder / "work"),
         })
 
-    def job(self, plan: ExpertPlan, data: DataSpec, data_fingerprint: str | None = None) -> ExpertJobSpec:
+    def job(self, plan: ExpertPlan, data: DataSpec, data_fingerprint: str | None = None, init: ExpertInit | None = None,
+            shards: list[str] | None = None) -> ExpertJobSpec:
         """The training job of one expert: the pipeline's defaults with the plan's overrides; its blob goes
-        to the pipeline's blob store, and its data must still have the planner's fingerprint."""
+        to the pipeline's blob store, and its data must still have the planner's fingerprint. `init` and
+        `shards`: where a continual update starts and every shard its expert will have seen."""
         training = apply_overrides(self.training, plan.training)
         return ExpertJobSpec(
             backbone=self.backbone, expert=plan.expert, data=data, training=training, tracking=self.tracking,
             output_dir=str(Path(self.work_dir) / "experts"), storage=self.storage, data_fingerprint=data_fingerprint,
+            init=init, shards=shards or [],
         )
 
 

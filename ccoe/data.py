@@ -278,11 +278,18 @@ def data_fingerprint(examples: Sequence[Example]) -> str:
     return digest.hexdigest()
 
 
+def validation_bucket(example: Example, seed: int = 0) -> float:
+    """A number in [0, 1) fixed by the example's content: it is validation when below val_fraction.
+    Why by content: an example keeps its side whatever else is in the data (shards that arrive later,
+    a replay sample), so a held-out item is never trained on in any later update."""
+    h = hashlib.sha256(f"{seed}\x00{example.prompt}\x00{example.response}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
 def split_examples(examples: Sequence[Example], val_fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """Deterministic content-hash split; at least one validation example when val_fraction > 0."""
     def bucket(ex: Example) -> float:
-        h = hashlib.sha256(f"{seed}\x00{ex.prompt}\x00{ex.response}".encode()).digest()
-        return int.from_bytes(h[:8], "big") / 2**64
+        return validation_bucket(ex, seed)
 
     train = [ex for ex in examples if bucket(ex) >= val_fraction]
     val = [ex for ex in examples if bucket(ex) < val_fraction]

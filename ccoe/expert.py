@@ -166,5 +166,21 @@ def expert_from_bytes(data: bytes, backbone: Backbone, sha256: str | None = None
     return expert
 
 
+def continued_expert(data: bytes, sha256: str, backbone: Backbone, spec: ExpertSpec) -> Expert:
+    """The expert `spec` continues from (a warm start): the parent blob's weights, under `spec.name`.
+
+    Refused unless the blob's hash is `sha256`, it was made for this backbone, for `spec.domain`, and on
+    exactly the layers `spec.layers` selects: continuing on other layers would silently train a
+    different expert than the config says."""
+    expert = expert_from_bytes(data, backbone, sha256=sha256, name=spec.name)
+    wanted = tuple(sorted(select_layers(spec.layers, backbone.num_layers)))
+    if tuple(expert.layer_indices) != wanted or expert.domain != spec.domain:
+        raise ValueError(
+            f"cannot continue expert {spec.name!r} from blob {sha256[:12]}…: it holds domain {expert.domain!r} on layers "
+            f"{list(expert.layer_indices)}, the config asks for {spec.domain!r} on {list(wanted)}; train it from the backbone (init: backbone)"
+        )
+    return expert
+
+
 def load_expert(path: str | Path, backbone: Backbone, sha256: str | None = None) -> Expert:
     return expert_from_bytes(Path(path).read_bytes(), backbone, sha256)

@@ -63,6 +63,16 @@ class ExpertEntry(Spec):
     run_id: str | None = None
     data_fingerprint: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    parent_sha256: str | None = Field(None, pattern=f"^{SHA256_PATTERN}$", description="the expert it continued from (lineage); None: from the backbone")
+    shards: list[str] = Field(default_factory=list, description="sha256 of every data shard this expert has seen, in arrival order")
+
+    @field_validator("shards")
+    @classmethod
+    def _shards(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not isinstance(s, str) or not re.fullmatch(SHA256_PATTERN, s)]
+        if bad or len(set(value)) != len(value):
+            raise ValueError("expert `shards` must be distinct sha256 digests (64 lowercase hex digits)")
+        return value
 
     @model_validator(mode="before")
     @classmethod

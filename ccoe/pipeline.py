@@ -27,7 +27,9 @@ from pathlib import Path
 
 from ccoe.artifact import fetch_blob, router_from_manifest
 from ccoe.backbone import load_backbone
-from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, ExpertSpec, PipelineSpec, RouterSpec, TrainingOverrides
+from ccoe.config import (
+    DataSpec, ExpertInit, ExpertJobSpec, ExpertPlan, ExpertSpec, PipelineSpec, RouterSpec, TrainingOverrides,
+)
 from ccoe.data import data_fingerprint, load_records, to_examples, validation_items
 from ccoe.domains import DOMAINS, eval_items, labelled_routing_queries, router_spec, train_data_spec
 from ccoe.evaluate import evaluate_domain, evaluate_loss
@@ -41,11 +43,23 @@ from ccoe.storage import BlobStore
 
 @dataclass(frozen=True)
 class PlannedJob:
+    """One expert's job, or why there is none; `note` says what a continual update trains on."""
+
     plan: ExpertPlan
     job: ExpertJobSpec | None
     data_fingerprint: str | None
     skip_reason: str | None = None
     error: str | None = None
+    note: str | None = None
+
+
+def shard_format(spec: PipelineSpec, plan: ExpertPlan) -> DataSpec:
+    """How a sharded expert's rows become examples: the plan's `data` (its source unread), or a
+    built-in domain's fields (prompt/response; options and answer for multiple choice)."""
+    if plan.data is not None:
+        return plan.data
+    choice = {"choices_field": "choices", "answer_field": "answer"} if plan.expert.domain in DOMAINS and DOMAINS[plan.expert.domain].task == "choice" else {}
+    return DataSpec(records=[], max_length=spec.max_length, val_fraction=0.05, **choice)
 
 
 def data_for(spec: PipelineSpec, plan: ExpertPlan) -> DataSpec:
@@ -98,6 +112,9 @@ def plan_jobs(spec: PipelineSpec, champion: Manifest | None, only: list[str] | N
     for plan in plans:
         if only is not None and plan.expert.name not in only:
             continue
+        if plan.shards is not None:
+            planned.append(_plan_sharded(spec, plan, champion))
+            continue
         data = data_for(spec, plan)
         try:
             fingerprint = data_fingerprint(to_examples(load_records(data), data))
@@ -108,11 +125,46 @@ def plan_jobs(spec: PipelineSpec, champion: Manifest | None, only: list[str] | N
         skip = None
         if spec.skip_unchanged and entry is not None and entry.data_fingerprint == fingerprint:
             skip = f"data unchanged since the champion (fingerprint {fingerprint[:12]}…): not retrained"
-        planned.append(PlannedJob(plan, spec.job(plan, data, fingerprint), fingerprint, skip))
+        init, note = _init(spec, plan, champion)
+        planned.append(PlannedJob(plan, spec.job(plan, data, fingerprint, init=init), fingerprint, skip, note=note))
     unknown = sorted(set(only or []) - {p.plan.expert.name for p in planned})
     if unknown:
         raise KeyError(f"unknown experts {unknown}; the pipeline defines {[p.expert.name for p in plans]}")
     return planned
+
+
+def _init(spec: PipelineSpec, plan: ExpertPlan, champion: Manifest | None) -> tuple[ExpertInit | None, str | None]:
+    """Where a job starts (None: the backbone's layers) and the line that says so for `init: champion`.
+    The parent blob is read from the pipeline's own blob store, which the champion's manifest must name
+    (`blob_store_for` refuses a manifest pointing elsewhere)."""
+    entry = champion.experts.get(plan.expert.name) if champion is not None else None
+    if plan.init != "champion":
+        return None, None
+    if entry is None:
+        return None, "init champion: the champion has no expert of this name to continue from, so it starts from the backbone"
+    store = blob_store_for(champion, None, spec.storage)
+    return ExpertInit(sha256=entry.sha256, storage=store.spec), f"continuing from the champion's expert {entry.sha256[:12]}…"
+
+
+def _plan_sharded(spec: PipelineSpec, plan: ExpertPlan, champion: Manifest | None) -> PlannedJob:
+    """A continual update's job (`ccoe.continual`): skipped when no shard is new since the champion's
+    expert; otherwise the new shards (and replay, when continuing) as a content-addressed data file."""
+    from ccoe.continual import plan_shards, selection_file
+
+    entry = champion.experts.get(plan.expert.name) if champion is not None else None
+    template = shard_format(spec, plan)
+    init, init_note = _init(spec, plan, champion)
+    try:
+        shards = plan_shards(plan.shards, template, entry.shards if entry is not None else [], init is not None)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as err:  # this expert fails; the others go on
+        return PlannedJob(plan, None, None, error=f"{type(err).__name__}: {err}")
+    if entry is not None and not shards.new and (spec.skip_unchanged or init is not None):
+        skip = f"no new shards since the champion's expert ({len(entry.shards)} seen, {len(shards.shards)} in {plan.shards.location.uri}): not retrained"
+        return PlannedJob(plan, None, None, skip)
+    data = template.model_copy(update={"source": str(selection_file(shards.records)), "records": None})
+    fingerprint = data_fingerprint(to_examples(load_records(data), data))
+    job = spec.job(plan, data, fingerprint, init=init, shards=list(shards.lineage))
+    return PlannedJob(plan, job, fingerprint, note="; ".join(filter(None, [shards.summary(), init_note])))
 
 
 def pipeline_router(spec: PipelineSpec) -> RouterSpec:
@@ -203,7 +255,7 @@ def held_out_items(spec: PipelineSpec, domain: str) -> tuple[list[dict], DataSpe
     if domain in DOMAINS:
         return eval_items(domain)[: spec.eval.max_items.get(domain)], DataSpec(records=[], max_length=spec.eval.max_length)
     for plan in [planner_plan(spec)] if domain == PLANNER_DOMAIN and spec.planner is not None else spec.experts:
-        if plan.expert.domain == domain and plan.data is not None and plan.data.val_fraction > 0:
+        if plan.expert.domain == domain and plan.shards is None and plan.data is not None and plan.data.val_fraction > 0:
             return validation_items(plan.data, spec.eval.max_items.get(domain)), plan.data
     return [], None
 
@@ -243,33 +295,99 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
     for number, domain in enumerate(sorted(served), 1):
         items, encoding = held_out_items(spec, domain)
         if not items:
-            say(f"not evaluating {domain} ({number}/{len(served)}): no scorer and no held-out split")
+            say(f"not evaluating {domain} as a whole ({number}/{len(served)}): no scorer and no held-out split of its own")
             continue
         route = {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, domain)) else None) for label, m in manifests.items()}
         say(f"evaluating {domain} ({number}/{len(served)}): {len(items)} items, routes base, "
             f"champion={route['champion'] or 'base'}, candidate={route['candidate'] or 'base'}")
-        started, routes = time.perf_counter(), [None, route["champion"], route["candidate"]]
-        if domain in DOMAINS:
-            result = evaluate_domain(model, backbone.tokenizer, DOMAINS[domain], items, routes, spec=encoding,
-                                     batch_size=spec.eval.batch_size, generation_batch_size=spec.eval.generation_batch_size,
-                                     max_new_tokens=spec.eval.max_new_tokens.get(domain, 128),
-                                     progress=progress)
-        else:
-            result = evaluate_loss(model, backbone.tokenizer, domain, items, routes, spec=encoding, batch_size=spec.eval.batch_size)
-        seconds[domain] = time.perf_counter() - started
-        scores[domain] = DomainScores(domain, result[None], result[route["champion"]] if champion is not None else None,
-                                      result[route["candidate"]])
-        shown = "metric" if result[None].metric is not None else "NLL"
-        value = (lambda s: s.metric) if shown == "metric" else (lambda s: s.loss)
-        say(f"  {domain}: {shown} base {value(result[None]):.3f}, candidate {value(result[route['candidate']]):.3f} "
-            f"on {len(items)} items in {seconds[domain]:.0f} s")
+        held = HeldOutSet(domain, items, encoding, metric=domain in DOMAINS)
+        scores[domain], seconds[domain] = _score(spec, model, backbone.tokenizer, domain, held, route, champion is not None, progress)
+        _say_scored(say, scores[domain], len(items), seconds[domain])
+    retrained_domains = {candidate.manifest.experts[name].domain for name in retrained if name in candidate.manifest.experts}
+    for name in retrained:
+        sets = shard_sets(spec, name, candidate.manifest, champion.manifest if champion else None)
+        if sets:  # a continual update: judged on its new shards; its domain and earlier shards must not regress
+            retrained_domains.discard(candidate.manifest.experts[name].domain)
+        for key, held in sets.items():
+            route = {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, held.domain)) else None) for label, m in manifests.items()}
+            say(f"evaluating {key}: {len(held.items)} held-out items of the shards")
+            scores[key], seconds[key] = _score(spec, model, backbone.tokenizer, key, held, route, champion is not None, progress)
+            _say_scored(say, scores[key], len(held.items), seconds[key])
+            if key.endswith(NEW_SHARDS):
+                retrained_domains.add(key)
     started = time.perf_counter()
     routing = routing_scores(spec, candidate.manifest, champion.manifest if champion else None)
     accuracy = sum(routing.candidate) / len(routing.candidate) if routing else 0.0
-    retrained_domains = {candidate.manifest.experts[name].domain for name in retrained if name in candidate.manifest.experts}
     seconds["routing"] = time.perf_counter() - started
     decision = decide(spec.gate, scores, retrained_domains, routing)
     return Evaluation(version, champion.version if champion else None, scores, accuracy, tuple(sorted(retrained)), decision, seconds)
+
+
+NEW_SHARDS, EARLIER_SHARDS = ".new-shards", ".earlier-shards"
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """Items to score base, champion and candidate on: by the domain's task metric (`metric`), else on
+    held-out NLL with `encoding`'s formatting."""
+
+    domain: str
+    items: list[dict]
+    encoding: DataSpec
+    metric: bool
+
+
+def shard_sets(spec: PipelineSpec, name: str, candidate: Manifest, champion: Manifest | None) -> dict[str, HeldOutSet]:
+    """The held-out sets of a continual update of expert `name`: `<domain>.new-shards` (the validation
+    side of the shards its champion had not seen) and `<domain>.earlier-shards` (of those it had: the
+    forgetting check). {} when the expert was not trained on shards.
+
+    A built-in domain's rows are scored with its task metric when they carry the fields its scorer reads
+    (the keys of its own held-out items); other rows on held-out NLL."""
+    from ccoe.continual import held_out_rows
+
+    entry = candidate.experts.get(name)
+    plan = next((p for p in spec.experts if p.expert.name == name), None)
+    if entry is None or not entry.shards or plan is None or plan.shards is None:
+        return {}
+    before = set(champion.experts[name].shards) if champion is not None and name in champion.experts else set()
+    template = shard_format(spec, plan)
+    sets = {}
+    for suffix, shas in ((NEW_SHARDS, [s for s in entry.shards if s not in before]), (EARLIER_SHARDS, [s for s in entry.shards if s in before])):
+        key = f"{entry.domain}{suffix}"
+        items = held_out_rows(shas, template, spec.eval.max_items.get(key)) if shas else []
+        if not items:
+            continue
+        scorer_fields = set(eval_items(entry.domain)[0]) if entry.domain in DOMAINS else None
+        if scorer_fields is not None and all(scorer_fields <= set(item) for item in items):
+            sets[key] = HeldOutSet(entry.domain, items, DataSpec(records=[], max_length=spec.eval.max_length), metric=True)
+        else:
+            pairs = [{"prompt": ex.prompt, "response": ex.response} for ex in to_examples(items, template)]
+            sets[key] = HeldOutSet(entry.domain, pairs, template.model_copy(update={"prompt_field": "prompt", "response_field": "response",
+                                                                                    "prompt_template": None, "response_template": None,
+                                                                                    "choices_field": None}), metric=False)
+    return sets
+
+
+def _score(spec: PipelineSpec, model: CCoEModel, tokenizer, key: str, held: HeldOutSet, route: dict[str, str | None],
+           has_champion: bool, progress: bool) -> tuple[DomainScores, float]:
+    """Base, champion and candidate on the set's items in one shared-prefix pass (task metric or NLL);
+    without a champion version, the champion's scores are None (the base is the reference)."""
+    started, routes = time.perf_counter(), [None, route["champion"], route["candidate"]]
+    if held.metric:
+        result = evaluate_domain(model, tokenizer, DOMAINS[held.domain], held.items, routes, spec=held.encoding,
+                                 batch_size=spec.eval.batch_size, generation_batch_size=spec.eval.generation_batch_size,
+                                 max_new_tokens=spec.eval.max_new_tokens.get(held.domain, 128), progress=progress)
+    else:
+        result = evaluate_loss(model, tokenizer, key, held.items, routes, spec=held.encoding, batch_size=spec.eval.batch_size)
+    champion = result[route["champion"]] if has_champion else None
+    return DomainScores(key, result[None], champion, result[route["candidate"]]), time.perf_counter() - started
+
+
+def _say_scored(say: Callable[[str], None], scores: DomainScores, n: int, seconds: float) -> None:
+    shown = "metric" if scores.base.metric is not None else "NLL"
+    value = (lambda s: s.metric) if shown == "metric" else (lambda s: s.loss)
+    say(f"  {scores.domain}: {shown} base {value(scores.base):.3f}, candidate {value(scores.candidate):.3f} on {n} items in {seconds:.0f} s")
 
 
 def routing_scores(spec: PipelineSpec, candidate: Manifest, champion: Manifest | None) -> RoutingScores | None:

@@ -264,7 +264,8 @@ def _tags(manifest: Manifest, parent: int | None, pushed: Iterable[str], popped:
         "ccoe.popped": ",".join(sorted(popped)),
     }
     for name, entry in manifest.experts.items():
-        tags[f"ccoe.expert.{name}"] = json.dumps({"sha256": entry.sha256, "run_id": entry.run_id, "layers": entry.layers})
+        tags[f"ccoe.expert.{name}"] = json.dumps({"sha256": entry.sha256, "run_id": entry.run_id, "layers": entry.layers,
+                                                  "parent_sha256": entry.parent_sha256, "shards": len(entry.shards)})
     return tags
 
 

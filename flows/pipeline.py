@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Literal
 
 from prefect import flow, get_run_logger
 
@@ -35,6 +36,9 @@ def run_pipeline(spec: PipelineSpec, only: list[str] | None = None) -> dict:
     unreadable = {p.plan.expert.name: p.error for p in planned if p.error}
     for name, reason in {**skipped, **unreadable}.items():
         logger.info("expert %s: %s", name, reason)
+    for p in planned:
+        if p.note and not p.skip_reason:
+            logger.info("expert %s: %s", p.plan.expert.name, p.note)
     jobs = [p.job for p in planned if p.job is not None and not p.skip_reason]
     if not jobs and unreadable:
         raise RuntimeError(f"no expert could be trained: {unreadable}")
@@ -69,8 +73,9 @@ def pipeline(config: str = "configs/demo.yaml", only: list[str] | None = None) -
 
 @flow(name="retrain-expert")
 def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: str | None = None,
-                   overrides: TrainingOverrides | None = None) -> dict:
-    """Retrain one expert (optionally on new data, with overrides), merge, evaluate, gate."""
+                   overrides: TrainingOverrides | None = None, init: Literal["backbone", "champion"] | None = None) -> dict:
+    """Retrain one expert (optionally on new data, with overrides), merge, evaluate, gate. `init`:
+    start from the backbone's layers or continue the champion's expert (default: the config's)."""
     spec = load_pipeline(config)
     names = [p.expert.name for p in spec.experts]
     if expert not in names:
@@ -78,9 +83,9 @@ def retrain_expert(expert: str, config: str = "configs/demo.yaml", data_source: 
     plans = []
     for plan in spec.experts:
         if plan.expert.name == expert:
-            update = {"training": apply_overrides(plan.training, overrides)}
+            update = {"training": apply_overrides(plan.training, overrides)} | ({"init": init} if init else {})
             if data_source:
-                update["data"] = DataSpec(source=data_source, max_length=spec.max_length, val_fraction=0.05)
+                update |= {"data": DataSpec(source=data_source, max_length=spec.max_length, val_fraction=0.05), "shards": None}
             plan = plan.model_copy(update=update)
         plans.append(plan)
     return run_pipeline(spec.model_copy(update={"experts": plans, "skip_unchanged": False}), only=[expert])

@@ -37,10 +37,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from ccoe import registry
 from ccoe.backbone import load_backbone
 from ccoe.config import ExpertJobSpec, load_yaml
-from ccoe.expert import expert_from_spec, save_expert
+from ccoe.expert import continued_expert, expert_from_spec, save_expert
 from ccoe.manifest import ExpertEntry, TrainedExpert
 from ccoe.model import CCoEModel
-from ccoe.storage import BlobStore
+from ccoe.storage import BlobStore, blob_name
 from lightning_modules.checkpoint_io import SafeCheckpointIO, local_checkpoint
 from lightning_modules.expert_module import DomainDataModule, ExpertModule
 from lightning_modules.tracking import job_params, log_files, make_logger
@@ -109,6 +109,15 @@ def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()
     )
 
 
+def initial_expert(job: ExpertJobSpec, backbone):
+    """The expert a job starts from: fresh copies of the backbone's layers, or (`job.init`) the parent
+    expert's weights, read from its blob store and sha256-checked (`ccoe.expert.continued_expert`)."""
+    if job.init is None:
+        return expert_from_spec(backbone, job.expert)
+    data = BlobStore(job.init.storage).get(blob_name(job.init.sha256))
+    return continued_expert(data, job.init.sha256, backbone, job.expert)
+
+
 def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> TrainedExpert | None:
     """Run the job in this process (every rank of a multi-process run calls this). Rank 0 returns the result.
 
@@ -124,7 +133,7 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Trai
     pl.seed_everything(job.training.seed, workers=True, verbose=False)
     backbone = load_backbone(job.backbone)
     model = CCoEModel(backbone)
-    model.push_expert(expert_from_spec(backbone, job.expert))
+    model.push_expert(initial_expert(job, backbone))
     data = DomainDataModule(job.data, job.training, backbone.tokenizer)
     data.setup("fit")
     if job.data_fingerprint is not None and data.prepared.fingerprint != job.data_fingerprint:
@@ -139,7 +148,13 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Trai
         "ccoe.layers": json.dumps(list(model.experts[job.expert.name].layer_indices)),
         "ccoe.backbone_fingerprint": backbone.fingerprint,
         "ccoe.data_fingerprint": data.prepared.fingerprint,
+        "ccoe.init": "backbone" if job.init is None else "continued",
     }
+    if job.init is not None:
+        tags["ccoe.parent_sha256"] = job.init.sha256
+    if job.shards:
+        tags["ccoe.shards"] = ",".join(s[:16] for s in job.shards)[:5000]
+        tags["ccoe.shard_count"] = str(len(job.shards))
     logger = make_logger(job, tags)
     run_id = logger.run_id  # creates the run on rank 0
     try:
@@ -175,6 +190,7 @@ def train_in_process(job: ExpertJobSpec, resume_from: str | None = None) -> Trai
     entry = ExpertEntry(
         domain=job.expert.domain, layers=list(expert.layer_indices), sha256=blob.sha256, bytes=blob.num_bytes,
         backbone_fingerprint=backbone.fingerprint, run_id=run_id, data_fingerprint=data.prepared.fingerprint, metrics=metrics,
+        parent_sha256=job.init.sha256 if job.init is not None else None, shards=list(job.shards),
     )
     return TrainedExpert(name=job.expert.name, entry=entry, stored_in=job.storage, blob_path=blob.path, checkpoint_path=last,
                          seconds=time.perf_counter() - started)

@@ -1,5 +1,6 @@
 """The tiny pipeline end to end under Prefect's test harness with a temporary sqlite MLflow."""
 
+import json
 import time
 from pathlib import Path
 
@@ -168,3 +169,55 @@ def test_a_sweep_trains_every_trial_and_chooses_on_the_validation_split(tmp_path
     spec = load_yaml(PipelineSpec, config)
     run = registry.client(spec.registry).get_run(summary["run_id"])
     assert run.data.params["best"] == "math-t0" and "math-t0/val_loss" in run.data.metrics
+
+
+def test_a_continual_update_continues_the_champion_on_new_shards_and_checks_forgetting(tmp_path, prefect_harness):
+    from ccoe.pipeline import plan_jobs
+
+    shards = tmp_path / "incoming"
+    shards.mkdir()
+
+    def arrive(name: str, start: int) -> None:
+        rows = [{"prompt": f"Clause {i}: who pays the deposit?", "response": f"The tenant pays deposit number {i}."} for i in range(start, start + 40)]
+        (shards / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    plan = {"expert": {"name": "contracts", "domain": "contracts", "layers": {"strategy": "top", "k": 1}},
+            "shards": {"location": {"uri": str(shards)}, "replay_fraction": 0.5}, "init": "champion",
+            "data": {"records": [], "val_fraction": 0.25}, "training": {"max_steps": 6, "learning_rate": 3.0e-3}}
+    config = tiny_config(tmp_path, experts=[plan])
+    spec = load_yaml(PipelineSpec, config)
+    client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri(spec.registry))
+
+    arrive("2026-11-01.jsonl", 0)
+    first = pipeline(str(config))
+    assert first["trained"] == ["contracts"] and first["promote"] is True
+    v1 = registry.get_version(spec.registry, 1).manifest.experts["contracts"]
+    assert v1.parent_sha256 is None and len(v1.shards) == 1  # no champion yet: started from the backbone
+    new = next(r for r in first["rows"] if r["domain"] == "contracts.new-shards")
+    assert (new["basis"], new["reference"], new["outcome"], new["ok"]) == ("loss", "base", "improved", True)
+    assert not any(r["domain"] == "contracts.earlier-shards" for r in first["rows"])
+
+    again = pipeline(str(config))
+    assert again["trained"] == [] and "no new shards since the champion's expert (1 seen" in again["skipped"]["contracts"]
+
+    arrive("2026-11-08.jsonl", 40)
+    second = pipeline(str(config))
+    assert second["version"] == 2 and second["promote"] is True
+    v2 = registry.get_version(spec.registry, 2).manifest.experts["contracts"]
+    assert v2.parent_sha256 == v1.sha256 and v2.shards[0] == v1.shards[0] and len(v2.shards) == 2
+    rows = {r["domain"]: r for r in second["rows"]}
+    assert rows["contracts.new-shards"]["reference"] == "champion" and rows["contracts.new-shards"]["ok"] is True
+    earlier = rows["contracts.earlier-shards"]  # the forgetting check: the old shard's held-out items
+    assert (earlier["n"], rows["contracts.new-shards"]["n"]) == (10, 12) and earlier["ok"] is True  # sides fixed by content
+    tag = json.loads(client.get_model_version(spec.registry.model_name, "2").tags["ccoe.expert.contracts"])
+    assert tag["parent_sha256"] == v1.sha256 and tag["shards"] == 2
+    run = client.get_run(v2.run_id).data.tags
+    assert run["ccoe.init"] == "continued" and run["ccoe.parent_sha256"] == v1.sha256 and run["ccoe.shard_count"] == "2"
+
+    arrive("2026-11-15.jsonl", 80)
+    refused = retrain_expert("contracts", config=str(config), overrides=TrainingOverrides(learning_rate=50.0, max_steps=2))
+    assert refused["version"] == 3 and refused["promote"] is False
+    assert registry.get_alias_version(spec.registry, "champion") == 2
+    assert registry.get_version(spec.registry, "champion").manifest.experts["contracts"] == v2  # untouched
+    still_new = plan_jobs(spec, registry.get_version(spec.registry, "champion").manifest)[0]
+    assert still_new.job.init.sha256 == v2.sha256 and len(still_new.job.shards) == 3  # the refused shard is offered again
