@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report bench-serving data clean stack-up stack-down stack-status ui-screenshots
+.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report bench-serving continual-report data clean stack-up stack-down stack-status ui-screenshots
 
 setup: $(STAMP)
 
@@ -64,6 +64,11 @@ data: setup
 
 bench-serving: setup
 	$(PY) benchmarks/bench_serving.py --out benchmarks/results/serving.md
+
+# Continual updates: three math shards arrive; continued vs from-scratch experts (about 30 minutes on 2 cores).
+continual-report: setup
+	$(PY) benchmarks/bench_continual.py --out benchmarks/results/continual.md
+	$(PY) benchmarks/collect.py > BENCHMARKS.md
 
 domain-report: setup
 	$(PY) benchmarks/domain_report.py --out benchmarks/results/domains.md

@@ -85,7 +85,7 @@ def _pair(candidate: DomainScore, reference: DomainScore) -> None:
                          f"({candidate.num_items} vs {reference.num_items}); paired evidence needs the same items")
 
 
-def _loss_decrease(gate: GateSpec, candidate: DomainScore, reference: DomainScore) -> PairedDifference:
+def loss_decrease(gate: GateSpec, candidate: DomainScore, reference: DomainScore) -> PairedDifference:
     """Token-weighted NLL decrease (reference - candidate): per-item mean NLL weighted by token count,
     so the estimate equals the difference of the two domains' losses."""
     tokens = [max(t, 1.0) for t in candidate.item_tokens]
@@ -103,7 +103,7 @@ def judge(gate: GateSpec, scores: DomainScores, retrained: bool) -> DomainEviden
         return DomainEvidence(domain, retrained, label, "loss", None, None, "regressed", False,
                               f"{domain}: {'retrained' if retrained else 'untouched'}, the candidate's NLL is not finite "
                               f"({candidate.loss}) on {candidate.num_items} items: diverged REGRESSED")
-    loss = _loss_decrease(gate, candidate, reference)
+    loss = loss_decrease(gate, candidate, reference)
     metric = None
     if candidate.metric is not None and reference.metric is not None:
         metric = paired_difference(candidate.item_scores, reference.item_scores, confidence=gate.confidence,

@@ -5,7 +5,7 @@ function without its docstring) but not the task HumanEval sets: read a short sp
 worked examples, then write a small self-contained function. These families are generic beginner
 exercises over lists, strings, numbers and dicts, written for this module. Each family has a few
 names, phrasings and reference bodies; every variant gets its own example inputs, and the outputs
-shown in its docstring are computed by running the reference (our own source, never model output).
+shown in its docstring are computed by running the reference in the code sandbox (`example_outputs`).
 
 Held-out hygiene (checked in `decontaminated` and by a test): no generated function is named like a
 HumanEval entry point, and no docstring shares an 8-word sequence with any HumanEval prompt.
@@ -13,10 +13,13 @@ HumanEval entry point, and no docstring shares an 8-word sequence with any Human
 
 from __future__ import annotations
 
+import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from ccoe.domains.sandbox import run_python
 
 NGRAM = 8
 
@@ -258,23 +261,52 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-def render(family: Family, rng: random.Random) -> dict:
-    """One HumanEval-shaped task: {code_prompt (signature + docstring with 2-3 examples), response}."""
+@dataclass(frozen=True)
+class Draft:
+    """A task before its examples' outputs are known: the chosen name, phrasing and body, and the inputs."""
+
+    name: str
+    signature: str
+    doc: str
+    source: str
+    calls: tuple[tuple, ...]
+
+
+def draft(family: Family, rng: random.Random) -> Draft:
     name, doc, body = rng.choice(family.names), rng.choice(family.docs), rng.choice(family.bodies)
-    source = f"def {name}({family.params}) -> {family.returns}:\n" + "\n".join("    " + line for line in body.splitlines())
-    namespace: dict = {}
-    exec(compile(source, f"<ccoe.domains.code_tasks:{name}>", "exec"), namespace)  # our own reference source, not model output
-    examples = []
-    for _ in range(rng.randint(2, 3)):
-        args = family.inputs(rng)
-        result = namespace[name](*[_copy(a) for a in args])
-        examples.append(f"    >>> {name}({', '.join(repr(a) for a in args)})\n    {result!r}")
-    prompt = f'def {name}({family.params}) -> {family.returns}:\n    """{doc}\n' + "\n".join(examples) + '\n    """\n'
-    return {"code_prompt": prompt, "response": source}
+    signature = f"def {name}({family.params}) -> {family.returns}:"
+    source = signature + "\n" + "\n".join("    " + line for line in body.splitlines())
+    calls = tuple(family.inputs(rng) for _ in range(rng.randint(2, 3)))
+    return Draft(name, signature, doc, source, calls)
 
 
-def _copy(value):
-    return [_copy(v) for v in value] if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+def example_outputs(drafts: Sequence[Draft]) -> list[list[str]]:
+    """The repr of every example call's result, computed by running the reference bodies in the code
+    sandbox (`ccoe.domains.sandbox`, as the scorer runs model output): one program for all drafts, each
+    function under its own name, printing one JSON list. Why the sandbox for our own source: nothing
+    in the library executes generated text in its own process."""
+    lines = ["import json", "results = []"]
+    for i, d in enumerate(drafts):
+        lines.append(d.source.replace(f"def {d.name}(", f"def _task_{i}(", 1))
+        lines.append(f"results.append([repr(_task_{i}(*args)) for args in {[list(c) for c in d.calls]!r}])")
+    lines.append("print(json.dumps(results))")
+    program = "\n".join(lines)
+    result = run_python(program, timeout_s=60, output_chars=len(program) * 4 + 100_000)
+    if not result.passed:
+        raise RuntimeError(f"the reference solutions failed in the sandbox: {result.output[-1500:]}")
+    outputs = json.loads(result.output.strip().splitlines()[-1])
+    if [len(o) for o in outputs] != [len(d.calls) for d in drafts] or not all(isinstance(s, str) for o in outputs for s in o):
+        raise RuntimeError("the sandbox returned example outputs of the wrong shape")
+    return outputs
+
+
+def render_all(drafts: Sequence[Draft]) -> list[dict]:
+    """HumanEval-shaped tasks: {code_prompt (signature + docstring with 2-3 examples), response}."""
+    tasks = []
+    for d, outputs in zip(drafts, example_outputs(drafts)):
+        examples = [f"    >>> {d.name}({', '.join(repr(a) for a in args)})\n    {out}" for args, out in zip(d.calls, outputs)]
+        tasks.append({"code_prompt": f'{d.signature}\n    """{d.doc}\n' + "\n".join(examples) + '\n    """\n', "response": d.source})
+    return tasks
 
 
 def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
@@ -293,12 +325,13 @@ def decontaminated(tasks: list[dict], held_out: list[dict]) -> list[dict]:
 def generated_tasks(count: int, seed: int = 0) -> list[dict]:
     """`count` distinct tasks, families in turn, each variant with its own name, phrasing, body and examples."""
     rng = random.Random(seed)
-    tasks, prompts = [], set()
+    drafts, seen = [], set()
     for attempt in range(count * 20):
-        task = render(FAMILIES[attempt % len(FAMILIES)], rng)
-        if task["code_prompt"] not in prompts:
-            prompts.add(task["code_prompt"])
-            tasks.append(task)
-        if len(tasks) == count:
+        d = draft(FAMILIES[attempt % len(FAMILIES)], rng)
+        key = (d.signature, d.doc, repr(d.calls))
+        if key not in seen:
+            seen.add(key)
+            drafts.append(d)
+        if len(drafts) == count:
             break
-    return tasks
+    return render_all(drafts)

@@ -190,3 +190,25 @@ class MathDomain:
 
 
 MATH = MathDomain()
+
+
+def template_shards(count: int, per_shard: int, seed: int = 2026) -> list[list[dict]]:
+    """`count` shards of `per_shard` distinct problems, shard i drawn only from its own group of the
+    templates (TEMPLATES cut into `count` consecutive groups): data whose distribution moves as it
+    arrives, which is what a continual update meets and what makes forgetting visible. Rows keep the
+    answer, so a shard's held-out rows are scored by the math metric; prompts of the domain's held-out
+    set are left out."""
+    if not 1 <= count <= len(TEMPLATES):
+        raise ValueError(f"count must be 1 to {len(TEMPLATES)} (one template at least per shard), got {count}")
+    held = {item["prompt"] for item in MATH.build()[1]}
+    groups = [TEMPLATES[i * len(TEMPLATES) // count:(i + 1) * len(TEMPLATES) // count] for i in range(count)]
+    shards, seen = [], set(held)
+    for number, group in enumerate(groups):
+        rng, rows = random.Random(seed + number), []
+        while len(rows) < per_shard:
+            question, steps, answer = rng.choice(group)(rng)
+            if question not in seen:
+                seen.add(question)
+                rows.append({"prompt": question, "response": "\n".join(steps) + f"\nThe answer is {answer}.", "answer": str(answer)})
+        shards.append(rows)
+    return shards

@@ -394,9 +394,10 @@ class SandboxResult:
     isolation: tuple[str, ...] = ()
 
 
-def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 1024) -> SandboxResult:
-    """Run `code` as a script with every layer this machine offers; `passed` means it exited 0 within the limits."""
-    return _run(code, timeout_s, memory_mb, LAYERS)
+def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 1024, output_chars: int = 2000) -> SandboxResult:
+    """Run `code` as a script with every layer this machine offers; `passed` means it exited 0 within the limits.
+    `output` is the last `output_chars` bytes of what it printed."""
+    return _run(code, timeout_s, memory_mb, LAYERS, output_chars)
 
 
 @cache
@@ -410,7 +411,7 @@ def _warn_missing(missing: tuple[str, ...]) -> None:
     log.warning("code sandbox: %s not available here (see ccoe.domains.sandbox); running without", ", ".join(missing))
 
 
-def _run(code: str, timeout_s: float, memory_mb: int, wanted: tuple[str, ...]) -> SandboxResult:
+def _run(code: str, timeout_s: float, memory_mb: int, wanted: tuple[str, ...], output_chars: int = 2000) -> SandboxResult:
     """`run_python` with a chosen set of optional layers (tests use it to check each layer on its own)."""
     with tempfile.TemporaryDirectory(prefix="ccoe-sandbox-", ignore_cleanup_errors=True) as tmp:
         os.chmod(tmp, 0o711)
@@ -433,7 +434,7 @@ def _run(code: str, timeout_s: float, memory_mb: int, wanted: tuple[str, ...]) -
             os.close(status_w)
         status = _read_status(status_r, process, timeout_s + _GRACE_S)
         with open(output, "rb") as out_file:
-            out_file.seek(max(0, os.fstat(out_file.fileno()).st_size - 2000))
+            out_file.seek(max(0, os.fstat(out_file.fileno()).st_size - output_chars))
             text = out_file.read().decode(errors="replace")
     if not status:
         raise RuntimeError(f"the code sandbox's runner failed (exit {process.returncode}); its output:\n{text}")

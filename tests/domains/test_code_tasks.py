@@ -4,7 +4,7 @@ import random
 import re
 
 from ccoe.domains.code import humaneval_problems
-from ccoe.domains.code_tasks import FAMILIES, decontaminated, generated_tasks, ngrams, render
+from ccoe.domains.code_tasks import FAMILIES, decontaminated, draft, generated_tasks, ngrams, render_all
 from ccoe.domains.sandbox import run_python
 
 
@@ -16,7 +16,7 @@ def _checks(task: dict) -> str:
 
 def test_every_family_shows_examples_its_reference_passes_in_the_sandbox():
     rng = random.Random(7)
-    tasks = [render(family, rng) for family in FAMILIES for _ in range(3)]
+    tasks = render_all([draft(family, rng) for family in FAMILIES for _ in range(3)])
     program = "\n\n".join(task["response"] + "\n" + _checks(task) for task in tasks)
     assert program.count("assert ") >= 2 * len(tasks)
     result = run_python(program, timeout_s=20)
