@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ccoe.config import BackboneSpec, cache_root
+from ccoe.config import SUPPORTED_ARCHITECTURES, BackboneSpec, cache_root
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral")
 SMOLLM2_SOURCE = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,14 +57,29 @@ class Backbone:
 
 
 def check_architecture(model: nn.Module) -> None:
-    """Refuse any model whose decoder layers are not at `model.model.layers` of a supported family."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    """Refuse any model whose decoder layers are not at `model.model.layers` of a supported family, or
+    that uses a feature the decoder loop (`ccoe.model`) does not reproduce bit for bit."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
     layers = getattr(getattr(model, "model", None), "layers", None)
     if model_type not in SUPPORTED_ARCHITECTURES or not isinstance(layers, nn.ModuleList):
         raise ValueError(
             f"unsupported backbone architecture {model_type!r} ({type(model).__name__}); ccoe supports "
             f"{', '.join(SUPPORTED_ARCHITECTURES)} causal LMs whose decoder layers are model.model.layers"
         )
+    if getattr(config, "use_bidirectional_attention", None):
+        raise ValueError(f"backbone {model_type!r} with use_bidirectional_attention is an encoder, not a causal LM; ccoe needs causal attention")
+
+
+def layer_types(config, num_layers: int) -> list[str]:
+    """Each decoder layer's attention kind, "full_attention" or "sliding_attention": the config's
+    `layer_types` where it has them (qwen2/3, gemma3_text), else every layer sliding when a Mistral or
+    Phi-3 config sets `sliding_window` (their own forward's rule), else every layer full."""
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return list(types)
+    sliding = getattr(config, "sliding_window", None) is not None and config.model_type in ("mistral", "phi3")
+    return ["sliding_attention" if sliding else "full_attention"] * num_layers
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -6,6 +6,7 @@ Every artifact ccoe writes carries the config that produced it, so these models 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model,
 # `\A`/`\Z`, not `^`/`$`: `$` also matches before a final "\n", so "law\n" passed as a name. Anchored at
 # both ends, the pattern covers the whole string under match, search and fullmatch alike.
 NAME_PATTERN = re.compile(r"\A[A-Za-z_][A-Za-z0-9_-]{0,63}\Z")
+
+# Decoder families whose layers the decoder loop (ccoe.model) runs bit-exactly against transformers (tests
+# check expert forward, mixed batches and cached generation on each). Granite (embedding and logit
+# multipliers) and Gemma 2 (attention soft-capping) are not among them.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "olmo2", "gemma3_text")
 
 Strategy = Literal["top", "global", "front-back", "middle", "explicit"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -93,8 +99,16 @@ class BackboneSpec(Spec):
             raise ValueError("backbone source 'config' needs a `config` mapping (with `model_type`)")
         if self.source != "config" and self.config:
             raise ValueError("backbone `config` is only used with source 'config'")
-        if self.config is not None and "model_type" not in self.config:
-            raise ValueError("backbone `config` needs a `model_type` (llama, qwen2 or mistral)")
+        if self.config is not None and self.config.get("model_type") not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(f"backbone `config` needs a supported `model_type`: one of {', '.join(SUPPORTED_ARCHITECTURES)}")
+        local = Path(self.source).expanduser() / "config.json" if self.source != "config" else None
+        if local is not None and local.is_file():  # a local checkpoint: refuse its architecture now, not after a job starts
+            try:
+                model_type = json.loads(local.read_text()).get("model_type")
+            except (ValueError, OSError, AttributeError):
+                raise ValueError(f"backbone checkpoint {local} is not a readable JSON config") from None
+            if model_type not in SUPPORTED_ARCHITECTURES:
+                raise ValueError(f"backbone checkpoint {local.parent} has model_type {model_type!r}; ccoe supports {', '.join(SUPPORTED_ARCHITECTURES)}")
         if self.tokenizer and self.source != "config":
             raise ValueError("backbone `tokenizer` is only used with source 'config' (checkpoints carry their own)")
         return self

@@ -17,13 +17,14 @@ so the expert's tensors are freed.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ccoe.backbone import Backbone
+from ccoe.backbone import Backbone, layer_types
 from ccoe.config import check_name
 from ccoe.expert import Expert
 
@@ -41,7 +42,7 @@ class _Context:
     """Per-forward inputs shared by every layer."""
 
     masks: dict[str, torch.Tensor | None]
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    position_embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]]  # per layer type: (cos, sin), each (B, T, D)
     position_ids: torch.Tensor
     cache: object | None
     batch_size: int
@@ -109,12 +110,10 @@ class CCoEModel(nn.Module):
         self.backbone = backbone
         self.lm = backbone.model
         self.experts = nn.ModuleDict()
-        config = backbone.config
-        types = getattr(config, "layer_types", None)
-        if types is None:
-            sliding = getattr(config, "sliding_window", None) is not None and config.model_type == "mistral"
-            types = ["sliding_attention" if sliding else "full_attention"] * backbone.num_layers
-        self._layer_types: list[str] = list(types)
+        self._layer_types: list[str] = layer_types(backbone.config, backbone.num_layers)
+        # Gemma 3 has one rotary embedding per layer type (local and global rope_theta); the others one for all.
+        self._rotary_per_type = "layer_type" in inspect.signature(self.lm.model.rotary_emb.forward).parameters
+        self._softcap: float | None = getattr(backbone.config, "final_logit_softcapping", None)
 
     @property
     def fingerprint(self) -> str:
@@ -174,7 +173,7 @@ class CCoEModel(nn.Module):
             position_ids = torch.arange(past, past + length, device=embeds.device).unsqueeze(0)
         if attention_mask is not None and attention_mask.ndim == 4:
             masks = {kind: self._custom_mask(attention_mask, position_ids, kind) for kind in set(self._layer_types)}
-            return _Context(masks, self.lm.model.rotary_emb(embeds, position_ids=position_ids), position_ids, cache, batch)
+            return _Context(masks, self._rotary(embeds, position_ids), position_ids, cache, batch)
         kwargs = dict(
             config=self.backbone.config,
             inputs_embeds=embeds,
@@ -186,8 +185,15 @@ class CCoEModel(nn.Module):
         for kind in set(self._layer_types):
             build = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
             masks[kind] = build(**kwargs)
-        rotary = self.lm.model.rotary_emb(embeds, position_ids=position_ids)
-        return _Context(masks, rotary, position_ids, cache, batch)
+        return _Context(masks, self._rotary(embeds, position_ids), position_ids, cache, batch)
+
+    def _rotary(self, embeds, position_ids) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(cos, sin) per layer type: Gemma 3's rotary takes the layer type, the others' serve every layer."""
+        rotary = self.lm.model.rotary_emb
+        if self._rotary_per_type:
+            return {kind: rotary(embeds, position_ids, kind) for kind in set(self._layer_types)}
+        shared = rotary(embeds, position_ids=position_ids)
+        return {kind: shared for kind in set(self._layer_types)}
 
     def _custom_mask(self, allowed: torch.Tensor, position_ids: torch.Tensor, kind: str) -> torch.Tensor:
         """A (B, 1, T, T) boolean mask (True = may attend) in the form the attention kernels take.
@@ -211,7 +217,7 @@ class CCoEModel(nn.Module):
             position_ids=_take(ctx.position_ids, rows, n),
             past_key_values=cache,
             use_cache=cache is not None,
-            position_embeddings=tuple(_take(t, rows, n) for t in ctx.position_embeddings),
+            position_embeddings=tuple(_take(t, rows, n) for t in ctx.position_embeddings[self._layer_types[index]]),
         )
 
     def _layers(self, hidden, ctx: _Context, groups, start: int, stop: int):
@@ -299,7 +305,8 @@ class CCoEModel(nn.Module):
         first = torch.full((len(distinct),), batch, device=source.device).scatter_reduce_(
             0, source, torch.arange(batch, device=source.device), "amin")
         masks = {kind: _take(m, first, batch) for kind, m in ctx.masks.items()}
-        shared = _Context(masks, tuple(_take(t, first, batch) for t in ctx.position_embeddings),
+        rotary = {kind: tuple(_take(t, first, batch) for t in pair) for kind, pair in ctx.position_embeddings.items()}
+        shared = _Context(masks, rotary,
                           _take(ctx.position_ids, first, batch), ctx.cache, len(distinct))
         hidden = self._layers(embeds[first], shared, [(slice(None), None)], 0, split)
         if ctx.cache is not None:
@@ -341,8 +348,11 @@ class CCoEModel(nn.Module):
         return self._layers(hidden, ctx, [(slice(None), module)], start, self.num_layers)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm + LM head: (..., H) -> (..., V)."""
-        return self.lm.lm_head(self.lm.model.norm(hidden))
+        """Final norm + LM head: (..., H) -> (..., V), soft-capped where the backbone caps its logits (Gemma)."""
+        logits = self.lm.lm_head(self.lm.model.norm(hidden))
+        if self._softcap is not None:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
 
     def forward_from_hidden(
         self, hidden: torch.Tensor, attention_mask=None, *, start: int, expert: Route = None, logits_to_keep: int | None = None

@@ -23,7 +23,16 @@ from ccoe.config import BackboneSpec, StorageSpec
 from ccoe.model import CCoEModel
 from ccoe.storage import BlobStore
 
-ARCHITECTURES = ("llama", "qwen2", "mistral")
+ARCHITECTURES = ("llama", "qwen2", "mistral", "qwen3", "phi3", "olmo2", "gemma3_text")
+# What each family needs to be tiny and to exercise what sets it apart: token ids inside the 97-token
+# vocabulary; Gemma 3 with small heads, alternating sliding (window 4) and full layers, and logit soft-capping.
+ARCH_OVERRIDES = {
+    "phi3": dict(pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "olmo2": dict(pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "qwen3": dict(head_dim=8),
+    "gemma3_text": dict(head_dim=8, query_pre_attn_scalar=8, sliding_window=4, final_logit_softcapping=30.0,
+                        layer_types=None, sliding_window_pattern=2, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+}
 pytest_plugins = ["tests.s3_server"]  # the session-scoped real S3 server fixture `s3_server`
 
 
@@ -32,6 +41,10 @@ def tiny_config(model_type: str = "llama", layers: int = 4, **overrides) -> dict
         model_type=model_type, vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
     )
+    config.update(ARCH_OVERRIDES.get(model_type, {}))
+    if model_type == "gemma3_text":
+        config.pop("sliding_window_pattern")
+        config["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
     config.update(overrides)
     return config
 

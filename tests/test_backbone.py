@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from ccoe.backbone import SUPPORTED_ARCHITECTURES, fingerprint_model, load_backbone
+from ccoe.backbone import SUPPORTED_ARCHITECTURES, check_architecture, fingerprint_model, load_backbone
 from ccoe.config import BackboneSpec
-from tests.conftest import tiny_spec
+from tests.conftest import tiny_config, tiny_spec
 
 
 def test_backbone_is_frozen_and_in_eval_mode(backbone):
@@ -38,11 +38,25 @@ def test_local_directory_round_trip_keeps_fingerprint(tmp_path):
     assert load_backbone(BackboneSpec(source=str(tmp_path / "ckpt"))).fingerprint == original.fingerprint  # cached
 
 
-def test_unsupported_architecture_names_the_supported_ones():
-    spec = BackboneSpec(source="config", config={"model_type": "gpt2", "n_layer": 2})
-    with pytest.raises(ValueError, match="llama, qwen2, mistral"):
-        load_backbone(spec)
-    assert SUPPORTED_ARCHITECTURES == ("llama", "qwen2", "mistral")
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    supported = "llama, qwen2, mistral, qwen3, phi3, olmo2, gemma3_text"
+    assert SUPPORTED_ARCHITECTURES == tuple(supported.split(", "))
+    for model_type in ("gpt2", "granite", "gemma2", None):
+        with pytest.raises(ValueError, match=f"supported `model_type`: one of {supported}"):
+            BackboneSpec(source="config", config={"model_type": model_type, "n_layer": 2})
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text('{"model_type": "granite"}')
+    with pytest.raises(ValueError, match=f"has model_type 'granite'; ccoe supports {supported}"):
+        BackboneSpec(source=str(tmp_path / "ckpt"))
+    (tmp_path / "ckpt" / "config.json").write_text("not json")
+    with pytest.raises(ValueError, match="is not a readable JSON config"):
+        BackboneSpec(source=str(tmp_path / "ckpt"))
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {k: v for k, v in tiny_config("gemma3_text").items() if k != "model_type"}
+    encoder = AutoModelForCausalLM.from_config(AutoConfig.for_model("gemma3_text", **fields, use_bidirectional_attention=True))
+    with pytest.raises(ValueError, match="use_bidirectional_attention is an encoder"):
+        check_architecture(encoder)
 
 
 def test_hub_id_offline_fails_fast_with_advice(monkeypatch):

@@ -104,7 +104,7 @@ def test_push_pop_leaves_other_experts_bit_identical(model):
 
 def test_push_replaces_by_name_and_pop_frees_memory(model):
     _with_experts(model)
-    ref = weakref.ref(model.experts["a"].layer(model.num_layers - 1).mlp.up_proj.weight)
+    ref = weakref.ref(model.experts["a"].layer(model.num_layers - 1).mlp.down_proj.weight)
     model.push_expert(create_expert(model.backbone, "a", "math", [1]))
     gc.collect()
     assert ref() is None
