@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--only", nargs="*", help="experts to consider (default: all)")
     args = p.parse_args(argv)
-    spec = load_pipeline(args.config)
+    try:
+        spec = load_pipeline(args.config)
+    except (ValueError, FileNotFoundError) as err:  # a bad config: one message, before any server or job starts
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     summary = pipeline(args.config, args.only)
     minutes = (time.perf_counter() - started) / 60
