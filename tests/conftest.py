@@ -137,3 +137,14 @@ def save_tiny_artifact(folder, backbone_dir, router=None):
     root = folder / "artifact"
     save_artifact(build_model(spec), str(root), router=router)
     return root
+
+
+def real_backbone(tmp_path_factory, source: str):
+    """A real offline backbone for a test module, de-quantized once per session into the session's cache
+    (the per-test cache of `_isolated_cache` would redo it for every test)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CCOE_CACHE", str(tmp_path_factory.getbasetemp() / "ccoe-cache"))
+    try:
+        yield load_backbone(BackboneSpec(source=source))
+    finally:
+        mp.undo()

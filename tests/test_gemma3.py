@@ -8,21 +8,19 @@ import hashlib
 import pytest
 import torch
 
-from ccoe.backbone import GEMMA3_SHA256, gemma3_gguf_path, load_backbone
-from ccoe.config import BackboneSpec, LayerSelection
+from ccoe.backbone import GEMMA3_SHA256, gemma3_gguf_path
+from ccoe.config import LayerSelection
 from ccoe.expert import create_expert
 from ccoe.generation import generate
 from ccoe.model import CCoEModel
+from tests.conftest import real_backbone
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CCOE_CACHE", str(tmp_path_factory.getbasetemp() / "ccoe-cache"))
-    yield load_backbone(BackboneSpec(source="gemma3-270m"))
-    mp.undo()
+    yield from real_backbone(tmp_path_factory, "gemma3-270m")
 
 
 def test_gemma3_loads_offline_frozen_and_checked(gemma, tmp_path_factory):

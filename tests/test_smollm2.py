@@ -3,21 +3,18 @@
 import pytest
 import torch
 
-from ccoe.backbone import load_backbone
-from ccoe.config import BackboneSpec, LayerSelection
+from ccoe.config import LayerSelection
 from ccoe.expert import create_expert
 from ccoe.generation import generate_text
 from ccoe.model import CCoEModel
+from tests.conftest import real_backbone
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CCOE_CACHE", str(tmp_path_factory.getbasetemp() / "ccoe-cache"))
-    yield load_backbone(BackboneSpec(source="smollm2-135m-instruct"))
-    mp.undo()
+    yield from real_backbone(tmp_path_factory, "smollm2-135m-instruct")
 
 
 def test_real_backbone_loads_frozen_with_tokenizer(smollm2):
