@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import cpu_name  # noqa: E402
 from ccoe.config import BackboneSpec, LearnedRouterSpec  # noqa: E402
 from ccoe.domains import DOMAINS, labelled_routing_queries, router_spec  # noqa: E402
-from ccoe.domains.general import general_prompts  # noqa: E402
+from ccoe.domains.general import domain_examples, general_prompts  # noqa: E402
 from ccoe.evidence import clopper_pearson  # noqa: E402
 from ccoe.learned_router import GatedRouter, SentenceEncoder, domain_prompts, train_learned_router, training_set  # noqa: E402
 from ccoe.router import RuleRouter  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> None:
     args = p.parse_args()
     spec = LearnedRouterSpec()
     encoder = SentenceEncoder()
-    data = training_set(domain_prompts(DOMAINS), general_prompts(spec.per_general_set), spec)
+    data = training_set(domain_prompts(DOMAINS), general_prompts(spec.per_general_set), spec, domain_examples(DOMAINS, spec.per_domain_set))
     print(f"training on {len(data.texts)} texts", file=sys.stderr)
     started = time.perf_counter()
     fit = train_learned_router(encoder, data, spec)

@@ -211,6 +211,8 @@ class LearnedRouterSpec(Spec):
 
     per_domain: int = Field(300, ge=10, description="training prompts drawn per domain (before views)")
     per_general_set: int = Field(40, ge=1, description="out-of-domain prompts per general set (22 sets)")
+    per_domain_set: int = Field(40, ge=0, description="extra prompts per set of a built-in domain's other-wording sets "
+                                "(ccoe.domains.sources.DOMAIN_SETS: derivatives, CSS selectors, real-estate law, doses, ...); 0: none")
     views: bool = Field(True, description="also train on each prompt's first paragraph and first sentence: "
                         "users write short questions, training prompts are long and formatted")
     threshold: float = Field(0.6, gt=0.0, lt=1.0, description="below it the rules decide")

