@@ -298,7 +298,7 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
         if not items:
             say(f"not evaluating {domain} as a whole ({number}/{len(served)}): no scorer and no held-out split of its own")
             continue
-        route = {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, domain)) else None) for label, m in manifests.items()}
+        route = _routes(manifests, routes_by_sha, domain)
         say(f"evaluating {domain} ({number}/{len(served)}): {len(items)} items, routes base, "
             f"champion={route['champion'] or 'base'}, candidate={route['candidate'] or 'base'}")
         held = HeldOutSet(domain, items, encoding, metric=domain in DOMAINS)
@@ -310,7 +310,7 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
         if sets:  # a continual update: judged on its new shards; its domain and earlier shards must not regress
             retrained_domains.discard(candidate.manifest.experts[name].domain)
         for key, held in sets.items():
-            route = {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, held.domain)) else None) for label, m in manifests.items()}
+            route = _routes(manifests, routes_by_sha, held.domain)
             say(f"evaluating {key}: {len(held.items)} held-out items of the shards")
             scores[key], seconds[key] = _score(spec, model, backbone.tokenizer, key, held, route, champion is not None, progress)
             _say_scored(say, scores[key], len(held.items), seconds[key])
@@ -325,6 +325,11 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
 
 
 NEW_SHARDS, EARLIER_SHARDS = ".new-shards", ".earlier-shards"
+
+
+def _routes(manifests: dict[str, Manifest | None], routes_by_sha: dict[str, str], domain: str) -> dict[str, str | None]:
+    """Per model label, the scoring model's route that serves `domain` (None: the plain backbone)."""
+    return {label: (routes_by_sha[m.experts[n].sha256] if (n := _expert_for(m, domain)) else None) for label, m in manifests.items()}
 
 
 @dataclass(frozen=True)
