@@ -128,9 +128,6 @@ class ContinuousBatcher:
 
     def __init__(self, model: CCoEModel, tokenizer, *, max_batch: int = 32, max_queue: int = 256,
                  max_prefill_tokens: int = 2048, max_context: int | None = None):
-        types = set(model._layer_types)
-        if types != {"full_attention"}:
-            raise ValueError(f"continuous batching needs full-attention layers; this backbone has {sorted(types)}")
         self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.max_queue, self.max_prefill_tokens = max_batch, max_queue, max_prefill_tokens
         config = model.backbone.config
@@ -257,7 +254,10 @@ class ContinuousBatcher:
             return
         ids, mask = left_pad([r.prompt_ids for r in rows], self.pad)
         ids, mask = ids.to(self._device), mask.to(self._device)
-        cache = DynamicCache(config=self.model.backbone.config)
+        # Full-length layers everywhere, sliding-window ones too (Gemma 3, Mistral): every row's cache is then
+        # one left-padded (B, h, L, d) tensor per layer that merges and retires alike, and the sliding
+        # layers' masks (built per layer type from the positions) hide what lies beyond their window.
+        cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
             out = self.model(ids, mask, expert_ids=[r.route for r in rows], past_key_values=cache, position_ids=positions,

@@ -16,10 +16,11 @@ from ccoe.model import CCoEModel
 from tests.conftest import perturb, save_tiny_checkpoint
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A tiny llama with a word-level tokenizer and two experts (math: top layer; law: layers 1-2)."""
-    folder = save_tiny_checkpoint(tmp_path_factory.mktemp("bb") / "tiny")
+@pytest.fixture(scope="module", params=["llama", "gemma3_text"])
+def served(request, tmp_path_factory):
+    """A tiny llama, and a tiny Gemma 3 whose sliding layers (window 4) see less than the prompts and
+    answers, each with a word-level tokenizer and two experts (math: top layer; law: layers 1-2)."""
+    folder = save_tiny_checkpoint(tmp_path_factory.mktemp("bb") / "tiny", model_type=request.param)
     backbone = load_backbone(BackboneSpec(source=str(folder)))
     model = CCoEModel(backbone)
     for seed, spec in enumerate([{"name": "math", "domain": "math", "layers": {"strategy": "top", "k": 1}},
