@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ccoe.backbone import cache_root, load_backbone
+from ccoe.backbone import Backbone, cache_root, load_backbone
 from ccoe.config import RouterSpec, StorageSpec, check_name
 from ccoe.expert import expert_from_bytes, expert_to_bytes
 from ccoe.learned_router import GatedRouter, LearnedRouter, SentenceEncoder
@@ -132,10 +132,9 @@ def router_from_manifest(manifest: Manifest, store: BlobStore, use_cache: bool =
     return GatedRouter(learned, encoder, expert_mapping(manifest), rules)
 
 
-def model_from_manifest(
-    manifest: Manifest, store: BlobStore, device: str = "cpu", dtype: str | None = None, use_cache: bool = True
-) -> tuple[CCoEModel, RuleRouter | GatedRouter | None]:
-    """Backbone + experts of a manifest: fingerprint first, then each blob's sha256, then tensors."""
+def load_checked_backbone(manifest: Manifest, device: str = "cpu", dtype: str | None = None) -> Backbone:
+    """The manifest's backbone (in `dtype` when given), refused unless its fingerprint is the manifest's:
+    experts trained on other weights must never run on it."""
     spec = manifest.backbone.spec if dtype is None else manifest.backbone.spec.model_copy(update={"dtype": dtype})
     backbone = load_backbone(spec, device=device)
     if backbone.fingerprint != manifest.backbone.fingerprint:
@@ -143,6 +142,14 @@ def model_from_manifest(
             f"backbone {spec.source!r} has fingerprint {backbone.fingerprint[:12]}…, but the artifact was built on "
             f"{manifest.backbone.fingerprint[:12]}…; its experts do not belong to this backbone"
         )
+    return backbone
+
+
+def model_from_manifest(
+    manifest: Manifest, store: BlobStore, device: str = "cpu", dtype: str | None = None, use_cache: bool = True
+) -> tuple[CCoEModel, RuleRouter | GatedRouter | None]:
+    """Backbone + experts of a manifest: fingerprint first, then each blob's sha256, then tensors."""
+    backbone = load_checked_backbone(manifest, device, dtype)
     model = CCoEModel(backbone)
     for name, entry in manifest.experts.items():
         expert = expert_from_bytes(fetch_blob(store, entry, use_cache), backbone, sha256=entry.sha256)

@@ -105,8 +105,9 @@ def load_any(artifact: str, tracking_uri: str | None = None):
     return load_artifact(artifact)
 
 
-def read_any_manifest(artifact: str, tracking_uri: str | None = None):
-    """The manifest of an artifact folder / fsspec root or of a registry version; no tensor is loaded."""
+def read_manifest_version(artifact: str, tracking_uri: str | None = None):
+    """(manifest, registry version number) of an artifact folder / fsspec root (version None) or of a
+    registry version (`models:/name/3`, `models:/name@champion`); no tensor is loaded."""
     if artifact.startswith("models:/"):
         from ccoe.config import RegistrySpec
         from ccoe.registry import get_version, parse_uri
@@ -115,10 +116,15 @@ def read_any_manifest(artifact: str, tracking_uri: str | None = None):
         found = get_version(registry_at(tracking_uri, name), ref, name)
         if found is None:
             raise KeyError(f"{artifact} does not exist in the registry")
-        return found.manifest
+        return found.manifest, found.version
     from ccoe.manifest import read_manifest
 
-    return read_manifest(artifact)
+    return read_manifest(artifact), None
+
+
+def read_any_manifest(artifact: str, tracking_uri: str | None = None):
+    """The manifest of an artifact folder / fsspec root or of a registry version; no tensor is loaded."""
+    return read_manifest_version(artifact, tracking_uri)[0]
 
 
 def describe_manifest(manifest) -> dict:

@@ -21,10 +21,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ccoe.artifact import fetch_blob, router_from_manifest
-from ccoe.backbone import load_backbone
+from ccoe.artifact import fetch_blob, load_checked_backbone, router_from_manifest
 from ccoe.expert import expert_from_bytes
-from ccoe.manifest import Manifest, blob_store_for, read_manifest
+from ccoe.manifest import Manifest, blob_store_for
 from ccoe.model import CCoEModel, Route
 from ccoe.serving.batching import ContinuousBatcher, Event, RequestHandle, SamplingParams
 
@@ -80,17 +79,9 @@ class ManifestSource:
         self.is_registry = ref.startswith("models:/")
 
     def read(self) -> tuple[Manifest, int | None]:
-        if not self.is_registry:
-            return read_manifest(self.ref), None
-        from ccoe.cli import registry_at
-        from ccoe.config import RegistrySpec
-        from ccoe.registry import get_version, parse_uri
+        from ccoe.cli import read_manifest_version
 
-        name, ref = parse_uri(self.ref, RegistrySpec())
-        found = get_version(registry_at(self.tracking_uri, name), ref, name)
-        if found is None:
-            raise KeyError(f"{self.ref} does not exist in the registry")
-        return found.manifest, found.version
+        return read_manifest_version(self.ref, self.tracking_uri)
 
     def store(self, manifest: Manifest):
         return blob_store_for(manifest, None if self.is_registry else self.ref)
@@ -109,11 +100,7 @@ class ExpertPool:
             raise ValueError(f"{len(pin)} pinned experts do not fit max_resident={max_resident}")
         self.source, self.max_resident, self.pin = source, max_resident, tuple(pin)
         manifest, version = source.read()
-        spec = manifest.backbone.spec if dtype is None else manifest.backbone.spec.model_copy(update={"dtype": dtype})
-        backbone = load_backbone(spec, device=device)
-        if backbone.fingerprint != manifest.backbone.fingerprint:
-            raise ValueError(f"backbone {spec.source!r} has fingerprint {backbone.fingerprint[:12]}…, the artifact's is "
-                             f"{manifest.backbone.fingerprint[:12]}…")
+        backbone = load_checked_backbone(manifest, device, dtype)
         self.model, self.tokenizer = CCoEModel(backbone), backbone.tokenizer
         self.swaps, self.loads, self.reused, self.hits, self.evictions = 0, 0, 0, 0, 0
         self.last_error: str | None = None
