@@ -176,6 +176,8 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=REPO / "configs" / "continual.yaml")
     p.add_argument("--shard-rows", type=int, default=400)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/continual.md"))
+    p.add_argument("--keep", type=Path, help="work in this folder and keep it (the shards, both registries' MLflow stores "
+                   "and blobs: open them with `mlflow ui` to see each expert's lineage); default: a temporary folder")
     args = p.parse_args()
     from ccoe.continual import list_shards
     from ccoe.domains.math import template_shards
@@ -183,8 +185,9 @@ def main() -> None:
     spec = load_yaml(PipelineSpec, args.config)
     shards = template_shards(3, args.shard_rows)
     with tempfile.TemporaryDirectory(prefix="ccoe-continual-") as tmp:
-        work, incoming = Path(tmp), Path(tmp) / "shards"
-        incoming.mkdir()
+        work = args.keep.resolve() if args.keep else Path(tmp)
+        incoming = work / "shards"
+        incoming.mkdir(parents=True, exist_ok=False)
         rounds, blobs = [], {}
         for number, rows in enumerate(shards, 1):
             (incoming / f"2026-12-{number:02d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -8,6 +8,7 @@ throw-away home, both on 127.0.0.1 at free ports, registers the deployments on a
 package) and stops both servers by pid. Nothing is sent anywhere else.
 
     python infra/local/ui_screenshots.py [--store out/demo/mlruns] [--model ccoe_demo] [--out docs/ui]
+        [--continual out/continual-kept [--only-continual]]   # an expert's lineage after continual updates
 """
 
 from __future__ import annotations
@@ -80,6 +81,38 @@ def _prefect_id(api: str, deployment: str) -> str:
         return json.loads(response.read())["id"]
 
 
+def mlflow_server(database: Path, base: dict) -> tuple[subprocess.Popen, str]:
+    """An MLflow server on `database` at a free port of 127.0.0.1, answering; (process, UI URL)."""
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{database.resolve()}",
+                               "--host", HOST, "--port", str(port), "--workers", "1"],
+                              env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return server, f"http://{HOST}:{port}"
+
+
+def lineage_screenshots(chromium: str, folder: Path, out: Path, base: dict) -> None:
+    """From a folder kept by `bench_continual.py --keep`: the continued registry's newest version (its
+    `ccoe.expert.math` tag names the parent blob and the shards seen) and the training run that made it
+    (tags `ccoe.init`, `ccoe.parent_sha256`, `ccoe.shards`)."""
+    import mlflow
+
+    database = folder / "continued" / "mlruns" / "mlflow.db"
+    if not database.is_file():
+        raise SystemExit(f"{database} does not exist: run `python benchmarks/bench_continual.py --keep {folder}` first")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{database.resolve()}")
+    model = client.search_registered_models()[0].name
+    version = max(client.search_model_versions(f"name = '{model}'"), key=lambda v: int(v.version))
+    run_id = json.loads(version.tags[next(k for k in version.tags if k.startswith("ccoe.expert."))])["run_id"]
+    experiment = client.get_run(run_id).info.experiment_id
+    server, ui = mlflow_server(database, base)
+    try:
+        wait_http(f"{ui}/health", server)
+        screenshot(chromium, f"{ui}/#/models/{model}/versions/{version.version}", out / "mlflow-continual-version.png", height=1400)
+        screenshot(chromium, f"{ui}/#/experiments/{experiment}/runs/{run_id}", out / "mlflow-continual-run.png", height=1400)
+    finally:
+        stop(server)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", type=Path, default=REPO / "out" / "demo" / "mlruns", help="the demo's tracking root (mlflow.db inside)")
@@ -87,23 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", type=int, default=1)
     p.add_argument("--config", default="configs/demo.yaml", help="PipelineSpec the deployments read")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "ui")
+    p.add_argument("--continual", type=Path, help="also an expert's lineage, from a folder kept by bench_continual.py --keep")
+    p.add_argument("--only-continual", action="store_true", help="only the lineage screenshots")
     args = p.parse_args(argv)
-    database = args.store / "mlflow.db"
-    if not database.is_file():
-        raise SystemExit(f"{database} does not exist: run `make demo` first")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("headless Chromium is missing: apt-get install -y chromium")
     args.out.mkdir(parents=True, exist_ok=True)
     base = {**os.environ, **TELEMETRY_OFF}
     base.pop("PREFECT_API_URL", None)
-    mlflow_port, prefect_port = free_port(), free_port()
+    if args.continual is not None:
+        lineage_screenshots(chromium, args.continual, args.out, base)
+        if args.only_continual:
+            return 0
+    database = args.store / "mlflow.db"
+    if not database.is_file():
+        raise SystemExit(f"{database} does not exist: run `make demo` first")
+    prefect_port = free_port()
     servers = []
     with tempfile.TemporaryDirectory() as home:
         try:
-            mlflow = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{database.resolve()}",
-                                       "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
-                                      env=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            mlflow, ui = mlflow_server(database, base)
             servers.append(mlflow)
             api = f"http://{HOST}:{prefect_port}/api"
             # The UI's browser code calls PREFECT_UI_API_URL, which defaults to port 4200 whatever --port says:
@@ -112,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
             prefect = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", str(prefect_port)],
                                        env=prefect_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             servers.append(prefect)
-            ui = f"http://{HOST}:{mlflow_port}"
             wait_http(f"{ui}/health", mlflow)
             wait_http(f"{api}/health", prefect)
             client_env = {**prefect_env, "PREFECT_API_URL": api}
