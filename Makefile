@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE = 1
 export TOKENIZERS_PARALLELISM = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 90
 
-.PHONY: setup test test-fast demo demo-runtime bench domain-report lora-report router-report planning-report bench-serving continual-report data clean stack-up stack-down stack-status ui-screenshots
+.PHONY: setup test test-fast demo demo-runtime bench domain-report domain-report-gemma lora-report router-report planning-report bench-serving continual-report data clean stack-up stack-down stack-status ui-screenshots
 
 setup: $(STAMP)
 
@@ -74,6 +74,11 @@ continual-report: setup
 
 domain-report: setup
 	$(PY) benchmarks/domain_report.py --out benchmarks/results/domains.md
+	$(PY) benchmarks/collect.py > BENCHMARKS.md
+
+# The same report on the second real backbone, Gemma 3 270M (hours on 2 cores; --domains to choose).
+domain-report-gemma: setup
+	$(PY) benchmarks/domain_report.py --config configs/domain-experts-gemma.yaml --out benchmarks/results/domains-gemma.md
 	$(PY) benchmarks/collect.py > BENCHMARKS.md
 
 lora-report: setup

@@ -15,7 +15,7 @@ from benchmarks.machine import cpu_name  # noqa: E402
 
 SECTIONS = ["runtime.md", "inference.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
 # hours of CPU training and scoring on the real backbone, or a server under load: not part of `make bench`
-OPTIONAL = {"domains.md": "make domain-report", "lora.md": "make lora-report", "router.md": "make router-report",
+OPTIONAL = {"domains.md": "make domain-report", "domains-gemma.md": "make domain-report-gemma", "lora.md": "make lora-report", "router.md": "make router-report",
             "planning.md": "make planning-report", "serving.md": "make bench-serving",
             "continual.md": "make continual-report"}
 

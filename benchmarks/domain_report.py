@@ -1,4 +1,6 @@
-"""Per-domain report on the real SmolLM2-135M: base vs trained expert, with paired 95% intervals.
+"""Per-domain report on a real backbone: base vs trained expert, with paired 95% intervals.
+
+SmolLM2-135M by default; Gemma 3 270M with `--config configs/domain-experts-gemma.yaml` (`make domain-report-gemma`).
 
 For each domain: train its expert with the budget in `configs/domain-experts.yaml` through the real
 path (`train_expert`: Lightning + MLflow, into a temporary store), then score the held-out set (whole,
@@ -124,9 +126,12 @@ def merge_rows(path: Path, rows: list[dict]) -> list[dict]:
     return sorted([r for r in kept if r["domain"] not in fresh] + rows, key=lambda r: r["domain"])
 
 
-def report(rows: list[dict]) -> str:
+BACKBONE_NAMES = {"smollm2-135m-instruct": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
+
+
+def report(rows: list[dict], backbone: str = "smollm2-135m-instruct") -> str:
     lines = [
-        "## Domains: base SmolLM2-135M vs its domain expert (real backbone, CPU)", "",
+        f"## Domains: base {BACKBONE_NAMES.get(backbone, backbone)} vs its domain expert (real backbone, CPU)", "",
         "Each expert trained through `train_expert` (Lightning + MLflow) with the budget in its row; scored on the held-out",
         "set (n items, never trained on); metrics as in the data cards (README). Difference = expert - base on the same",
         "items, with a paired 95% interval (`ccoe.evidence`: bootstrap over items, widened to McNemar's exact interval for",
@@ -173,7 +178,7 @@ def main() -> None:
     rows = merge_rows(table, rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.write_text(json.dumps(rows, indent=2) + "\n")
-    text = report(rows)
+    text = report(rows, spec.model.backbone.source)
     args.out.write_text(text)
     print(text)
 

@@ -13,7 +13,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 KINDS = {
     "cluster.yaml": PipelineSpec, "demo.yaml": PipelineSpec, "tiny.yaml": PipelineSpec, "router.yaml": RouterSpec,
     "runtime-demo.yaml": CCoESpec, "train-expert-example.yaml": ExpertJobSpec, "domain-experts.yaml": ReportSpec,
-    "planner.yaml": PlannerSpec, "serve.yaml": ServeSpec, "continual.yaml": PipelineSpec, "demo-gemma.yaml": PipelineSpec,
+    "planner.yaml": PlannerSpec, "serve.yaml": ServeSpec, "continual.yaml": PipelineSpec, "demo-gemma.yaml": PipelineSpec, "domain-experts-gemma.yaml": ReportSpec,
 }
 
 
