@@ -9,9 +9,10 @@ for two registries side by side:
 - **scratch**: `init: backbone` on every shard so far, with the steps growing with the data (steps x
   round), so both have seen the same number of examples per shard at the end.
 Then one process scores, on every shard's held-out rows (the trainer never saw them), the base, the
-continued champion after round 1 and after round 3, and the scratch champion after round 3, in one
-shared-prefix pass: exact match and NLL per shard, paired 95% intervals (ccoe.evidence) for
-continued - scratch and for forgetting (shard 1 after round 3 - after round 1).
+continued expert trained in round 1 and in round 3, the scratch expert of round 3 (whether or not the
+gate promoted them) and, where the gate refused a round-3 update, the champion that stays served
+(`-served`), in one shared-prefix pass: exact match and NLL per shard, paired 95% intervals
+(ccoe.evidence) for continued - scratch and for forgetting (shard 1 after round 3 - after round 1).
 
     python benchmarks/bench_continual.py --out benchmarks/results/continual.md   # make continual-report
 """
@@ -63,13 +64,13 @@ def run_round(spec: PipelineSpec, path: Path) -> dict:
     return {**json.loads(path.with_suffix(".json").read_text()), "wall_s": time.perf_counter() - started}
 
 
-def champion_blob(spec: PipelineSpec, version: int | None) -> tuple[str, bytes]:
-    """The served expert's blob: the champion's, or (no candidate promoted yet) the round's own version's."""
+def expert_blob(spec: PipelineSpec, version: int | str) -> tuple[str, bytes]:
+    """The expert's blob in a registry version (a number, or the alias "champion")."""
     from ccoe import registry
     from ccoe.artifact import fetch_blob
     from ccoe.manifest import blob_store_for
 
-    manifest = (registry.get_version(spec.registry, "champion") or registry.get_version(spec.registry, version)).manifest
+    manifest = registry.get_version(spec.registry, version).manifest
     entry = manifest.experts[spec.experts[0].expert.name]
     return entry.sha256, fetch_blob(blob_store_for(manifest, None, spec.storage), entry)
 
@@ -157,14 +158,15 @@ def report(spec: PipelineSpec, rounds: list[dict], scores: dict, shard_rows: int
     lines += ["", f"Training time, all three rounds: continued {cost['continued']:.0f} s vs scratch {cost['scratch']:.0f} s "
               f"({cost['continued'] / cost['scratch']:.2f}x); round 3 alone {last['continued']:.0f} s vs {last['scratch']:.0f} s "
               f"({last['continued'] / last['scratch']:.2f}x). Goal: at most 0.5x.", "",
-              f"Held-out rows of every shard (n={scores['n']}, never trained on), scored in one pass after round 3:", "",
+              f"Held-out rows of every shard (n={scores['n']}, never trained on), scored in one pass after round 3 (`-r1`/`-r3`: the",
+              "expert that round trained, promoted or not; `-served`: the champion kept where the gate refused round 3):", "",
               "| model | " + " | ".join(f"shard {i + 1}: exact match / NLL" for i in range(len(scores['per_shard']['base']))) + " |",
               "|---|" + "---|" * len(scores["per_shard"]["base"])]
     for label, shards in scores["per_shard"].items():
         lines.append(f"| {label} | " + " | ".join(f"{s['metric']:.3f} / {s['nll']:.3f} (n={s['n']})" for s in shards) + " |")
     c = scores["continued_vs_scratch"]
     lines += ["", f"- Continued - scratch over all shards: exact match {fmt(c['metric'])}, NLL decrease {fmt(c['nll_decrease'])}.",
-              f"- Forgetting check, shard 1 after round 3 - the continued champion after round 1 (negative = forgotten): continued {fmt(scores['forgetting_continued']['metric'])} "
+              f"- Forgetting check, shard 1 after round 3 - the continued expert of round 1 (negative = forgotten): continued {fmt(scores['forgetting_continued']['metric'])} "
               f"exact match, NLL decrease {fmt(scores['forgetting_continued']['nll_decrease'])}; scratch "
               f"{fmt(scores['forgetting_scratch']['metric'])}, NLL decrease {fmt(scores['forgetting_scratch']['nll_decrease'])}.",
               ""]
@@ -197,8 +199,10 @@ def main() -> None:
                 rounds.append({"round": number, "variant": variant, "steps": steps, "summary": summary})
                 print(f"round {number} {variant}: trained {summary['trained']} promote {summary['promote']} "
                       f"in {summary['wall_s']:.0f} s", file=sys.stderr, flush=True)
-                if number in (1, 3) and (variant == "continued" or number == 3):
-                    blobs[f"{variant}-r{number}"] = champion_blob(v_spec, summary["version"])
+                if number in (1, 3) and (variant == "continued" or number == 3):  # the expert this round trained
+                    blobs[f"{variant}-r{number}"] = expert_blob(v_spec, summary["version"])
+                if number == 3 and not summary["promote"]:  # refused by the gate: what is served is the champion
+                    blobs[f"{variant}-served"] = expert_blob(v_spec, "champion")
         shas = [s.sha256 for s in list_shards(variants(spec, work, incoming, 3)["continued"].experts[0].shards)]
         scores = score(spec, blobs, shas)
     text = report(spec, rounds, scores, args.shard_rows)
