@@ -201,12 +201,14 @@ def pyfunc_signature():
 
 
 def version_description(manifest: Manifest, parent: int | None) -> str:
-    """Markdown for the registry UI: the experts of a version, with their blobs and training runs."""
+    """Markdown for the registry UI: the experts of a version, with their blobs, lineage and training runs."""
     lines = [f"Merged from version {parent or 'none (bare backbone)'}; backbone `{manifest.backbone.spec.source}` "
              f"(fingerprint `{manifest.backbone.fingerprint[:12]}…`).", "",
-             "| expert | domain | layers | blob sha256 | training run | data fingerprint |", "|---|---|---|---|---|---|"]
+             "| expert | domain | layers | blob sha256 | continued from | shards seen | training run | data fingerprint |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, e in sorted(manifest.experts.items()):
-        lines.append(f"| {name} | {e.domain} | {e.layers} | `{e.sha256[:12]}…` | {e.run_id or '-'} | "
+        lines.append(f"| {name} | {e.domain} | {e.layers} | `{e.sha256[:12]}…` | "
+                     f"{f'`{e.parent_sha256[:12]}…`' if e.parent_sha256 else 'backbone'} | {len(e.shards) or '-'} | {e.run_id or '-'} | "
                      f"{f'`{e.data_fingerprint[:12]}…`' if e.data_fingerprint else '-'} |")
     return "\n".join(lines)
 

@@ -209,6 +209,8 @@ def test_a_continual_update_continues_the_champion_on_new_shards_and_checks_forg
     assert rows["contracts.new-shards"]["reference"] == "champion" and rows["contracts.new-shards"]["ok"] is True
     earlier = rows["contracts.earlier-shards"]  # the forgetting check: the old shard's held-out items
     assert (earlier["n"], rows["contracts.new-shards"]["n"]) == (10, 12) and earlier["ok"] is True  # sides fixed by content
+    described = client.get_model_version(spec.registry.model_name, "2").description  # the registry UI shows the lineage
+    assert f"| `{v2.sha256[:12]}…` | `{v1.sha256[:12]}…` | 2 |" in described
     tag = json.loads(client.get_model_version(spec.registry.model_name, "2").tags["ccoe.expert.contracts"])
     assert tag["parent_sha256"] == v1.sha256 and tag["shards"] == 2
     run = client.get_run(v2.run_id).data.tags
