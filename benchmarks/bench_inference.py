@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_description  # noqa: E402
 from benchmarks.bench_runtime import K_QUARTER, SMOLLM2_135M, spec  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
 from ccoe.config import LayerSelection  # noqa: E402
@@ -132,7 +133,7 @@ def measure(device, dtype, batch, prompt, decode_steps, reps) -> dict:
 def report(r: dict, device, batch, prompt, decode_steps, reps) -> str:
     tok = lambda name, phase: (batch * prompt / r[name]["prefill"]) if phase == "prefill" else batch / r[name]["decode"]
     lines = [
-        f"## Inference: CCoE mixed-expert batch vs PEFT multi-LoRA ({device})", "",
+        f"## Inference: CCoE mixed-expert batch vs PEFT multi-LoRA ({device})", "", f"Measured on {cpu_description()}.", "",
         f"Batch {batch} (2 rows per expert, {EXPERTS} experts / adapters), prompts of {prompt} tokens, {decode_steps} decode steps on the",
         f"KV cache; CCoE experts: `top` k = L/4 = {K_QUARTER}; LoRA: rank 16 on all linear layers. Median of {reps} interleaved runs.", "",
         "| case | prefill s | prefill tokens/s | decode ms/step | decode tokens/s |", "|---|---|---|---|---|",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_description  # noqa: E402
 from benchmarks.bench_runtime import K_QUARTER, spec  # noqa: E402
 from ccoe.artifact import ExpertBlob  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
@@ -65,7 +66,7 @@ def run(work: Path, load_reps: int) -> dict:
 
 def report(r: dict, load_reps: int) -> str:
     lines = [
-        "## Merge: pop-and-push into the registered artifact", "",
+        "## Merge: pop-and-push into the registered artifact", "", f"Measured on {cpu_description()}.", "",
         f"SmolLM2-135M shapes, one new expert (k = L/4 = {K_QUARTER} layers) pushed per merge onto the previous version; local blob",
         "store, sqlite MLflow registry. A merge = upload missing blobs (read back and hashed), verify every referenced",
         "blob, log the manifest as an MLflow pyfunc model, register the version, check for races, move the alias.", "",

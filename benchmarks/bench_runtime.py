@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_description  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
 from ccoe.config import BackboneSpec, LayerSelection  # noqa: E402
 from ccoe.expert import create_expert  # noqa: E402
@@ -151,7 +152,7 @@ def _mib(n: int) -> str:
 
 def report(memory, throughput, switch, device, dtype, batch, seq, reps) -> str:
     lines = [
-        f"## Runtime: memory, switch latency, forward throughput ({device}, {dtype})", "",
+        f"## Runtime: memory, switch latency, forward throughput ({device}, {dtype})", "", f"Measured on {cpu_description()}.", "",
         "### Memory: backbone + N experts vs N full models (fresh process each)", "",
         f"Experts use the `top` strategy; k = L/4 = {K_QUARTER} and k = L/8 = {K_EIGHTH} layers. RSS is the growth of the",
         "process's resident memory while building the models (includes allocator slack).", "",

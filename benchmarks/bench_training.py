@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine import cpu_description  # noqa: E402
 from benchmarks.bench_runtime import K_QUARTER, SMOLLM2_135M, rss_bytes, spec  # noqa: E402
 from ccoe.backbone import load_backbone  # noqa: E402
 from ccoe.config import LayerSelection  # noqa: E402
@@ -120,7 +121,7 @@ def _flops_per_token() -> tuple[float, float]:
 def report(rows: list[dict], device: str, dtype: str, batch: int, seq: int, steps: int) -> str:
     full = next(r for r in rows if r["method"] == "full-finetune")
     lines = [
-        f"## Training step: expert vs LoRA vs full fine-tune ({device}, {dtype})", "",
+        f"## Training step: expert vs LoRA vs full fine-tune ({device}, {dtype})", "", f"Measured on {cpu_description()}.", "",
         f"SmolLM2-135M shapes, {batch} x {seq} tokens per step (half prompt, half supervised response), AdamW, median of "
         f"{steps} steps after a warm-up step, each method in a fresh process. Experts own k = L/4 = {K_QUARTER} layers.",
         "`expert-top-cached-prefix` reuses the frozen prefix's hidden states from an earlier epoch (`prefix_cache_mb`).", "",
