@@ -275,7 +275,7 @@ def test_versions_are_readable_in_the_registry_ui_and_have_a_signature(backbone,
     assert mlc.get_registered_model(reg.model_name).description == registry.MODEL_DESCRIPTION
     description = mlc.get_model_version(reg.model_name, "2").description
     math = second.manifest.experts["math"]
-    assert description.startswith("Merged from version 1;") and f"| math | math | [3] | `{math.sha256[:12]}…` | run-m |" in description
+    assert description.startswith("Merged from version 1;") and f"| math | math | [3] | `{math.sha256[:12]}…` | backbone | - | run-m |" in description
     registry.append_description(reg, 2, "## Gate decision")
     assert mlc.get_model_version(reg.model_name, "2").description == f"{description}\n\n## Gate decision"
     local = mlflow.artifacts.download_artifacts(artifact_uri=mlc.get_model_version_download_uri(reg.model_name, "2"),

@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--continual", type=Path, help="also an expert's lineage, from a folder kept by bench_continual.py --keep")
     p.add_argument("--only-continual", action="store_true", help="only the lineage screenshots")
     args = p.parse_args(argv)
+    database = args.store / "mlflow.db"
+    if not args.only_continual and not database.is_file():
+        raise SystemExit(f"{database} does not exist: run `make demo` first")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("headless Chromium is missing: apt-get install -y chromium")
@@ -133,9 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         lineage_screenshots(chromium, args.continual, args.out, base)
         if args.only_continual:
             return 0
-    database = args.store / "mlflow.db"
-    if not database.is_file():
-        raise SystemExit(f"{database} does not exist: run `make demo` first")
     prefect_port = free_port()
     servers = []
     with tempfile.TemporaryDirectory() as home:
