@@ -66,7 +66,7 @@ class ShardPlan:
     replayed: int
 
     def summary(self) -> str:
-        fresh = sum(1 for _ in self.records) - self.replayed
+        fresh = len(self.records) - self.replayed
         return (f"{len(self.new)} new of {len(self.shards)} shards ({', '.join(s.name for s in self.new) or 'none'}); "
                 f"training on {fresh} rows" + (f" + {self.replayed} replayed from {len(self.seen)} earlier shards" if self.replayed else ""))
 

@@ -288,13 +288,11 @@ def validation_bucket(example: Example, seed: int = 0) -> float:
 
 def split_examples(examples: Sequence[Example], val_fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
     """Deterministic content-hash split; at least one validation example when val_fraction > 0."""
-    def bucket(ex: Example) -> float:
-        return validation_bucket(ex, seed)
-
-    train = [ex for ex in examples if bucket(ex) >= val_fraction]
-    val = [ex for ex in examples if bucket(ex) < val_fraction]
+    buckets = [validation_bucket(ex, seed) for ex in examples]
+    train = [ex for ex, b in zip(examples, buckets) if b >= val_fraction]
+    val = [ex for ex, b in zip(examples, buckets) if b < val_fraction]
     if val_fraction > 0 and not val and len(train) > 1:
-        lowest = min(range(len(train)), key=lambda i: bucket(train[i]))
+        lowest = min(range(len(train)), key=lambda i: validation_bucket(train[i], seed))
         val = [train.pop(lowest)]
     return train, val
 
