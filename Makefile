@@ -55,6 +55,7 @@ demo-runtime: setup
 bench: setup
 	$(PY) benchmarks/bench_runtime.py --out benchmarks/results/runtime.md
 	$(PY) benchmarks/bench_inference.py --out benchmarks/results/inference.md
+	$(PY) benchmarks/bench_inference.py --shapes gemma3-270m --out benchmarks/results/inference-gemma.md
 	$(PY) benchmarks/bench_training.py --out benchmarks/results/training.md
 	$(PY) benchmarks/bench_merge.py --out benchmarks/results/merge.md
 	$(PY) benchmarks/bench_pipeline.py --out benchmarks/results/pipeline.md
@@ -66,6 +67,7 @@ data: setup
 
 bench-serving: setup
 	$(PY) benchmarks/bench_serving.py --out benchmarks/results/serving.md
+	$(PY) benchmarks/bench_engines.py --out benchmarks/results/engines.md
 
 # Continual updates: three math shards arrive; continued vs from-scratch experts (about 30 minutes on 2 cores).
 continual-report: setup

@@ -35,12 +35,30 @@ SMOLLM2_135M = dict(
     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
     rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
 )
+# Gemma 3 270M (the second real backbone, `source: gemma3-270m`): 18 layers, 5:1 sliding:full attention,
+# a 262k-token vocabulary whose tied embedding is 168M of its 268M parameters.
+GEMMA3_270M = dict(
+    model_type="gemma3_text", vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+    num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, max_position_embeddings=32768,
+    rms_norm_eps=1e-6, sliding_window=512, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
+    layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+    rope_parameters={"full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+                     "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}},
+    bos_token_id=2, eos_token_id=1, pad_token_id=0,
+)
+SHAPES = {"smollm2-135m": SMOLLM2_135M, "gemma3-270m": GEMMA3_270M}
 LAYERS = SMOLLM2_135M["num_hidden_layers"]
 K_QUARTER, K_EIGHTH = round(LAYERS / 4), round(LAYERS / 8)
 
 
-def spec(dtype: str = "float32") -> BackboneSpec:
-    return BackboneSpec(source="config", config=SMOLLM2_135M, dtype=dtype)
+def spec(dtype: str = "float32", shapes: str = "smollm2-135m") -> BackboneSpec:
+    """Real shapes of a supported backbone (`SHAPES`) with random weights."""
+    return BackboneSpec(source="config", config=SHAPES[shapes], dtype=dtype)
+
+
+def k_quarter(shapes: str) -> int:
+    """k = L/4 experts' layer count for these shapes (Gemma 3 270M: 4 of 18, as configs/demo-gemma.yaml)."""
+    return round(SHAPES[shapes]["num_hidden_layers"] / 4)
 
 
 def rss_bytes() -> int:

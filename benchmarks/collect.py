@@ -13,10 +13,10 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import cpu_name  # noqa: E402
 
-SECTIONS = ["runtime.md", "inference.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
+SECTIONS = ["runtime.md", "inference.md", "inference-gemma.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
 # hours of CPU training and scoring on the real backbone, or a server under load: not part of `make bench`
 OPTIONAL = {"domains.md": "make domain-report", "domains-gemma.md": "make domain-report-gemma", "lora.md": "make lora-report", "router.md": "make router-report",
-            "planning.md": "make planning-report", "serving.md": "make bench-serving",
+            "planning.md": "make planning-report", "serving.md": "make bench-serving", "engines.md": "make bench-serving",
             "continual.md": "make continual-report"}
 
 

@@ -286,7 +286,8 @@ def _cmd_serve(args) -> int:
     spec = load_yaml(ServeSpec, args.config) if args.config else ServeSpec()
     pin = [name for name in (args.pin or "").split(",") if name]
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("poll_interval_s", args.poll_interval),
-                                   ("max_resident", args.max_resident), ("pin", pin or None)) if v is not None}
+                                   ("max_resident", args.max_resident), ("pin", pin or None),
+                                   ("grouped_layers", args.grouped_layers)) if v is not None}
     serve(args.model, ServeSpec.model_validate({**spec.model_dump(), **overrides}), args.tracking_uri, log=lambda line: print(line, flush=True))
     return 0
 
@@ -451,6 +452,9 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--poll-interval", type=float, help="seconds between reads of --model (0: never swap)")
     srv.add_argument("--max-resident", type=int, help="experts in memory at most; the least recently used is evicted")
     srv.add_argument("--pin", help="comma-separated experts that stay resident (e.g. law,sql)")
+    srv.add_argument("--grouped-layers", action=argparse.BooleanOptionalAction, default=None,
+                     help="run each expert layer of a mixed batch as one call over stacked weights (default: on; "
+                          "off saves one weight stack per expert layer)")
     srv.set_defaults(func=_cmd_serve)
 
     gc = sub.add_parser("gc", help="remove expert blobs that no registry version and no given artifact references (dry run by default)")

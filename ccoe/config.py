@@ -516,6 +516,8 @@ class EvalSpec(Spec):
     max_length: int = Field(768, ge=16)
     device: str = Field("cpu", description="where base, champion and candidate are scored: cpu, cuda, cuda:1, ...")
     dtype: DType | None = Field(None, description="backbone dtype for scoring (default: the backbone spec's); bfloat16 on GPUs")
+    grouped_layers: bool = Field(True, description="rows of one generation batch under different experts run each expert layer "
+                                 "as one call over stacked weights (ccoe.grouped), for the memory of those stacks")
 
 
 class GateSpec(Spec):
@@ -667,6 +669,8 @@ class ServeSpec(Spec):
     api_key_env: str | None = Field(None, description="environment variable holding the bearer key /v1 requires; none: no key")
     device: str = "cpu"
     dtype: str | None = None
+    grouped_layers: bool = Field(True, description="a layer several experts run in one decode step is one call over stacked "
+                                 "weights (ccoe.grouped): faster mixed batches, for the memory of one weight stack per such layer")
 
 
 SERVICE_ENV = {

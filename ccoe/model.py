@@ -18,6 +18,7 @@ so the expert's tensors are freed.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from torch import nn
 from ccoe.backbone import Backbone, layer_types
 from ccoe.config import check_name
 from ccoe.expert import Expert
+from ccoe.grouped import GroupedLayer, groupable, grouped_mm_supported, stack_key
 
 Route = str | None
 
@@ -105,9 +107,15 @@ class CCoEModel(nn.Module):
     routes each row. `None` means the plain backbone.
     """
 
-    def __init__(self, backbone: Backbone):
+    def __init__(self, backbone: Backbone, *, grouped_layers: bool = False):
         super().__init__()
         self.backbone = backbone
+        # Decode steps without autograd: a layer that several experts run in one batch is one grouped call over
+        # stacked weights (`ccoe.grouped`), at the memory of one stack per such layer. Prefill (many tokens a row)
+        # amortizes the calls and keeps one per expert sub-batch: grouping it gained nothing measurable.
+        # {layer: (key, module weakrefs, GroupedLayer)}
+        self.grouped_layers = grouped_layers
+        self._stacks: dict[int, tuple[tuple, list, GroupedLayer]] = {}
         self.lm = backbone.model
         self.experts = nn.ModuleDict()
         self._layer_types: list[str] = layer_types(backbone.config, backbone.num_layers)
@@ -144,13 +152,22 @@ class CCoEModel(nn.Module):
         if bad:
             raise ValueError(f"expert {expert.name!r} owns layers {bad}, outside this {self.num_layers}-layer backbone")
         param = next(self.lm.parameters())
+        if expert.name in self.experts:
+            self._drop_stacks(self.experts[expert.name])
         self.experts[expert.name] = expert.to(device=param.device, dtype=param.dtype)
+        self._drop_stacks(expert)
 
     def pop_expert(self, name: str) -> None:
         """Remove an expert; with no other reference left its tensors are freed."""
         if name not in self.experts:
             raise KeyError(f"no expert named {name!r}; loaded experts: {sorted(self.experts)}")
+        self._drop_stacks(self.experts[name])
         del self.experts[name]
+
+    def _drop_stacks(self, expert: Expert) -> None:
+        """Forget the grouped layers at the expert's depths: they hold its weights (or lack them)."""
+        for i in expert.layer_indices:
+            self._stacks.pop(i, None)
 
     def expert_names(self) -> list[str]:
         return list(self.experts)
@@ -223,10 +240,15 @@ class CCoEModel(nn.Module):
     def _layers(self, hidden, ctx: _Context, groups, start: int, stop: int):
         """Run decoder layers [start, stop). `groups`: list of (row index, Expert | None), covering all rows."""
         backbone_layers = self.lm.model.layers
+        grouped = self.grouped_layers and not torch.is_grad_enabled() and hidden.shape[1] == 1
         for i in range(start, stop):
             modules = [e.layer(i) if e is not None and i in e.layer_indices else backbone_layers[i] for _, e in groups]
             if all(m is modules[0] for m in modules):
                 hidden = self._run_layer(modules[0], hidden, ctx, i, slice(None), ctx.cache)
+                continue
+            stack = self._grouped_layer(i, groups, modules, hidden) if grouped else None
+            if stack is not None:
+                hidden = self._run_layer(stack, hidden, ctx, i, slice(None), ctx.cache)
                 continue
             view = _RowGroupCache(ctx.cache, ctx.batch_size) if ctx.cache is not None else None
             out = torch.empty_like(hidden)
@@ -238,6 +260,34 @@ class CCoEModel(nn.Module):
                 view.flush(i)
             hidden = out
         return hidden
+
+    def _grouped_layer(self, index: int, groups, modules: list[nn.Module], hidden) -> GroupedLayer | None:
+        """Layer `index` as one grouped module over every module that can run it (backbone first, then
+        each loaded expert owning it), laid out for this batch; None when their structures differ.
+        A cached stack is reused while the same live modules, unchanged in place, can run the layer."""
+        candidates = [self.lm.model.layers[index]] + [e.layer(index) for e in self.experts.values() if index in e.layer_indices]
+        param = next(candidates[0].parameters())
+        if not grouped_mm_supported(param.device, param.dtype):
+            return None
+        key = (stack_key(candidates), param.device, param.dtype)
+        cached = self._stacks.get(index)
+        if cached is None or cached[0] != key or any(ref() is not m for ref, m in zip(cached[1], candidates)):
+            self._stacks.pop(index, None)
+            if not groupable(candidates):
+                return None
+            cached = (key, [weakref.ref(m) for m in candidates], GroupedLayer(candidates))
+            self._stacks[index] = cached
+        position = {id(m): g for g, m in enumerate(candidates)}
+        row_group = torch.empty(hidden.shape[0], dtype=torch.long, device=hidden.device)
+        for (rows, _), module in zip(groups, modules):
+            row_group[rows] = position[id(module)]
+        layer = cached[2]
+        layer.set_layout(row_group, hidden.shape[1])
+        return layer
+
+    def stack_bytes(self) -> int:
+        """Bytes held by the grouped layers' weight stacks (0 unless `grouped_layers` ran a mixed batch)."""
+        return sum(layer.num_bytes() for _, _, layer in list(self._stacks.values()))  # a copy: /metrics reads it from another thread
 
     def _groups(self, batch: int, expert, expert_ids, device) -> list[tuple[slice | torch.Tensor, Expert | None]]:
         if expert_ids is None:

@@ -280,7 +280,7 @@ def evaluate_candidate(spec: PipelineSpec, version: int, retrained: list[str], p
     if spec.eval.dtype:
         backbone_spec = backbone_spec.model_copy(update={"dtype": spec.eval.dtype})
     backbone = load_backbone(backbone_spec, device=spec.eval.device)
-    model, routes_by_sha = CCoEModel(backbone), {}
+    model, routes_by_sha = CCoEModel(backbone, grouped_layers=spec.eval.grouped_layers), {}
     for label, manifest in manifests.items():
         if manifest is None:
             continue

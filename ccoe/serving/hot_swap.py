@@ -91,17 +91,18 @@ class ExpertPool:
     """The served model: a backbone, the resident experts, the current version, and the batcher."""
 
     def __init__(self, source: ManifestSource, *, device: str = "cpu", dtype: str | None = None,
-                 max_resident: int | None = None, pin: Sequence[str] = (),
+                 max_resident: int | None = None, pin: Sequence[str] = (), grouped_layers: bool = True,
                  batcher: Callable[[CCoEModel, object], ContinuousBatcher] = ContinuousBatcher):
         """`max_resident`: at most this many experts in memory (None: every expert of the current version,
         loaded up front); others are loaded on their first request and the least recently used unpinned
-        expert that no request uses is evicted. `pin`: expert names that stay resident."""
+        expert that no request uses is evicted. `pin`: expert names that stay resident. `grouped_layers`:
+        mixed-expert steps run each expert layer as one grouped call (`CCoEModel.grouped_layers`)."""
         if max_resident is not None and len(pin) > max_resident:
             raise ValueError(f"{len(pin)} pinned experts do not fit max_resident={max_resident}")
         self.source, self.max_resident, self.pin = source, max_resident, tuple(pin)
         manifest, version = source.read()
         backbone = load_checked_backbone(manifest, device, dtype)
-        self.model, self.tokenizer = CCoEModel(backbone), backbone.tokenizer
+        self.model, self.tokenizer = CCoEModel(backbone, grouped_layers=grouped_layers), backbone.tokenizer
         self.swaps, self.loads, self.reused, self.hits, self.evictions = 0, 0, 0, 0, 0
         self.last_error: str | None = None
         self._lock = threading.RLock()  # a request's resolve + queue, against a swap's switch + pops

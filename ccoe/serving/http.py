@@ -125,6 +125,8 @@ class Metrics:
         metric("active_requests", "gauge", "rows in the running batch", s.active)
         metric("in_flight_requests", "gauge", "HTTP requests being answered", self.in_flight)
         metric("resident_experts", "gauge", "expert modules in memory (current version and requests in flight)", len(pool.model.experts))
+        metric("grouped_stack_bytes", "gauge", "bytes of the grouped layers' weight stacks (ServeSpec.grouped_layers)",
+               pool.model.stack_bytes())
         metric("swaps_total", "counter", "versions swapped in while serving", pool.swaps)
         metric("expert_loads_total", "counter", "expert blobs loaded (at start, swaps and cold requests: cache misses)", pool.loads)
         metric("expert_hits_total", "counter", "requests whose expert was resident (cache hits)", pool.hits)
@@ -347,7 +349,7 @@ def serve(model_ref: str, spec: ServeSpec, tracking_uri: str | None = None, log=
     batcher = lambda model, tokenizer: ContinuousBatcher(model, tokenizer, max_batch=spec.max_batch, max_queue=spec.max_queue,  # noqa: E731
                                                          max_prefill_tokens=spec.max_prefill_tokens)
     pool = ExpertPool(ManifestSource(model_ref, tracking_uri), device=spec.device, dtype=spec.dtype, max_resident=spec.max_resident,
-                      pin=spec.pin, batcher=batcher)
+                      pin=spec.pin, grouped_layers=spec.grouped_layers, batcher=batcher)
     app = create_app(pool, spec)
     pool.engine.start()
     stop = threading.Event()

@@ -58,22 +58,29 @@ PROMPTS = [("what is the sum of two and three", "math"), ("court patient dose", 
            ("sql query equals answer plus minus four five six seven", "math"), ("law", "law")]
 
 
-def test_requests_joining_a_running_batch_get_what_they_would_alone(served):
+@pytest.mark.parametrize("grouped", [False, True], ids=["sub-batches", "grouped-layers"])
+def test_requests_joining_a_running_batch_get_what_they_would_alone(served, grouped):
     model, tokenizer = served
+    model.grouped_layers = grouped
+    model._stacks.clear()
     engine = ContinuousBatcher(model, tokenizer, max_batch=8, max_prefill_tokens=8).start()
     try:
-        expected, collectors = [], []
-        for n, (prompt, route) in enumerate(PROMPTS):
-            ids = tokenizer(prompt)["input_ids"]
-            budget = 6 + 3 * n
-            expected.append(tokenizer.decode(alone(model, tokenizer, ids, route, budget), skip_special_tokens=True))
+        requests = [(tokenizer(prompt)["input_ids"], route, 6 + 3 * n) for n, (prompt, route) in enumerate(PROMPTS)]
+        expected = [tokenizer.decode(alone(model, tokenizer, ids, route, budget), skip_special_tokens=True)
+                    for ids, route, budget in requests]
+        collectors = []
+        for ids, route, budget in requests:
             collectors.append(Collector())
             engine.submit(ids, route, SamplingParams(max_new_tokens=budget), collectors[-1])
-            time.sleep(0.02)  # later requests join a batch that is already decoding
+            # later requests join a batch that is already decoding; back to back with grouped layers, so that
+            # decode steps surely mix experts (a tiny model may finish a request in 20 ms)
+            time.sleep(0.0 if grouped else 0.02)
         results = [c.wait() for c in collectors]
     finally:
         engine.close()
+        model.grouped_layers = False
     assert [text for text, _ in results] == expected
+    assert (model.stack_bytes() > 0) == grouped  # mixed steps ran grouped layers exactly when asked
     assert all(f.reason in ("length", "stop") and f.error is None for _, f in results)
     assert engine.stats.prefills >= 2 and engine.stats.finished == len(PROMPTS)
     assert engine.stats.active == 0 and engine._cache is None
