@@ -54,6 +54,7 @@ demo-runtime: setup
 
 bench: setup
 	$(PY) benchmarks/bench_runtime.py --out benchmarks/results/runtime.md
+	$(PY) benchmarks/bench_runtime.py --shapes gemma3-270m --out benchmarks/results/runtime-gemma.md
 	$(PY) benchmarks/bench_inference.py --out benchmarks/results/inference.md
 	$(PY) benchmarks/bench_inference.py --shapes gemma3-270m --out benchmarks/results/inference-gemma.md
 	$(PY) benchmarks/bench_training.py --out benchmarks/results/training.md

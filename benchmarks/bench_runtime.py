@@ -1,12 +1,13 @@
 """Runtime benchmark: memory, expert switch latency and forward throughput of CCoE vs baselines.
 
-Real SmolLM2-135M shapes (30 layers, hidden 576, vocab 49152) with random weights: speed and memory
+Real SmolLM2-135M shapes (30 layers, hidden 576, vocab 49152; `--shapes gemma3-270m`: Gemma 3 270M's,
+18 layers, hidden 640, vocab 262144) with random weights: speed and memory
 do not depend on weight values, and this skips the GGUF de-quantization. Every figure is a median
 over interleaved repetitions measured side by side in one run; ratios are what to read, since the
 machines are noisy. Memory is measured in a fresh subprocess per configuration (process RSS after
 building the models) plus exact parameter bytes.
 
-    python benchmarks/bench_runtime.py --out benchmarks/results/runtime.md [--device cuda --dtype bfloat16]
+    python benchmarks/bench_runtime.py --out benchmarks/results/runtime.md [--device cuda --dtype bfloat16] [--shapes gemma3-270m]
 """
 
 from __future__ import annotations
@@ -47,8 +48,6 @@ GEMMA3_270M = dict(
     bos_token_id=2, eos_token_id=1, pad_token_id=0,
 )
 SHAPES = {"smollm2-135m": SMOLLM2_135M, "gemma3-270m": GEMMA3_270M}
-LAYERS = SMOLLM2_135M["num_hidden_layers"]
-K_QUARTER, K_EIGHTH = round(LAYERS / 4), round(LAYERS / 8)
 
 
 def spec(dtype: str = "float32", shapes: str = "smollm2-135m") -> BackboneSpec:
@@ -61,17 +60,20 @@ def k_quarter(shapes: str) -> int:
     return round(SHAPES[shapes]["num_hidden_layers"] / 4)
 
 
+K_QUARTER = k_quarter("smollm2-135m")
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_probe(kind: str, n: int, k: int) -> dict:
+def memory_probe(kind: str, n: int, k: int, shapes: str = "smollm2-135m") -> dict:
     """Run in a fresh process: build the configuration, report parameter bytes and RSS growth."""
     torch.set_num_threads(1)
     start = rss_bytes()
     if kind == "ccoe":
-        model = CCoEModel(load_backbone(spec()))
+        model = CCoEModel(load_backbone(spec(shapes=shapes)))
         for i in range(n):
             model.push_expert(create_expert(model.backbone, f"e{i}", "d", LayerSelection(strategy="top", k=k)))
         param_bytes = sum(model.parameter_bytes().values())
@@ -81,25 +83,29 @@ def memory_probe(kind: str, n: int, k: int) -> dict:
 
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         config = LoraConfig(r=16, lora_alpha=32, target_modules=targets, lora_dropout=0.0)
-        model = get_peft_model(load_backbone(spec()).model, config, adapter_name="a0")
+        model = get_peft_model(load_backbone(spec(shapes=shapes)).model, config, adapter_name="a0")
         for i in range(1, n):
             model.add_adapter(f"a{i}", config)
         param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         keep = [model]
     else:
-        keep = [load_backbone(spec()).model for _ in range(n)]
+        keep = [load_backbone(spec(shapes=shapes)).model for _ in range(n)]
         param_bytes = sum(sum(p.numel() * p.element_size() for p in m.parameters()) for m in keep)
     return {"param_bytes": param_bytes, "rss_bytes": rss_bytes() - start, "models": len(keep)}
 
 
-def measure_memory() -> list[dict]:
+def k_eighth(shapes: str) -> int:
+    return round(SHAPES[shapes]["num_hidden_layers"] / 8)
+
+
+def measure_memory(shapes: str = "smollm2-135m") -> list[dict]:
     rows = []
     configs = [("full", n, 0) for n in range(1, 6)]
-    configs += [("ccoe", n, k) for k in (K_QUARTER, K_EIGHTH) for n in range(1, 6)]
+    configs += [("ccoe", n, k) for k in (k_quarter(shapes), k_eighth(shapes)) for n in range(1, 6)]
     configs += [("lora", n, 0) for n in range(1, 6)]
     for kind, n, k in configs:
         out = subprocess.run(
-            [sys.executable, __file__, "--memory-probe", kind, str(n), str(k)],
+            [sys.executable, __file__, "--memory-probe", kind, str(n), str(k), shapes],
             check=True, capture_output=True, text=True,
         )
         rows.append({"kind": kind, "n": n, "k": k, **json.loads(out.stdout.strip().splitlines()[-1])})
@@ -117,12 +123,13 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def measure_throughput(device: torch.device, dtype: str, batch: int, seq: int, reps: int) -> dict:
-    model = CCoEModel(load_backbone(spec(dtype), device=device))
+def measure_throughput(device: torch.device, dtype: str, batch: int, seq: int, reps: int, shapes: str = "smollm2-135m") -> dict:
+    model = CCoEModel(load_backbone(spec(dtype, shapes), device=device))
+    k = k_quarter(shapes)
     for i in range(4):
-        model.push_expert(create_expert(model.backbone, f"top{i}", "d", LayerSelection(strategy="top", k=K_QUARTER)))
-        model.push_expert(create_expert(model.backbone, f"glob{i}", "d", LayerSelection(strategy="global", k=K_QUARTER)))
-    ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (batch, seq), device=device)
+        model.push_expert(create_expert(model.backbone, f"top{i}", "d", LayerSelection(strategy="top", k=k)))
+        model.push_expert(create_expert(model.backbone, f"glob{i}", "d", LayerSelection(strategy="global", k=k)))
+    ids = torch.randint(0, SHAPES[shapes]["vocab_size"], (batch, seq), device=device)
     per_row = lambda prefix: [f"{prefix}{r % 4}" for r in range(batch)]
     cases = {
         "backbone (transformers forward)": lambda: model.lm(ids),
@@ -143,10 +150,10 @@ def measure_throughput(device: torch.device, dtype: str, batch: int, seq: int, r
     return {name: {"median_s": statistics.median(t), "tokens_per_s": tokens / statistics.median(t)} for name, t in times.items()}
 
 
-def measure_switch(reps: int = 200) -> dict:
+def measure_switch(reps: int = 200, shapes: str = "smollm2-135m") -> dict:
     """Pointer switch (push/pop of a built expert) vs copying weights into the backbone layers."""
-    model = CCoEModel(load_backbone(spec()))
-    expert = create_expert(model.backbone, "e", "d", LayerSelection(strategy="top", k=K_QUARTER))
+    model = CCoEModel(load_backbone(spec(shapes=shapes)))
+    expert = create_expert(model.backbone, "e", "d", LayerSelection(strategy="top", k=k_quarter(shapes)))
     push, pop, copy_in = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -168,11 +175,13 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f}"
 
 
-def report(memory, throughput, switch, device, dtype, batch, seq, reps) -> str:
+def report(memory, throughput, switch, device, dtype, batch, seq, reps, shapes: str = "smollm2-135m") -> str:
+    quarter, eighth = k_quarter(shapes), k_eighth(shapes)
+    title = "" if shapes == "smollm2-135m" else f" on {shapes} shapes"
     lines = [
-        f"## Runtime: memory, switch latency, forward throughput ({device}, {dtype})", "", f"Measured on {cpu_description()}.", "",
+        f"## Runtime{title}: memory, switch latency, forward throughput ({device}, {dtype})", "", f"Measured on {cpu_description()}.", "",
         "### Memory: backbone + N experts vs N full models (fresh process each)", "",
-        f"Experts use the `top` strategy; k = L/4 = {K_QUARTER} and k = L/8 = {K_EIGHTH} layers. RSS is the growth of the",
+        f"Experts use the `top` strategy; k = L/4 = {quarter} and k = L/8 = {eighth} layers. RSS is the growth of the",
         "process's resident memory while building the models (includes allocator slack).", "",
         "| N | N full models: params MiB | RSS MiB | CCoE k=L/4: params MiB | RSS MiB | saving | CCoE k=L/8: params MiB | RSS MiB | saving | PEFT N LoRA r16: params MiB | RSS MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -181,13 +190,13 @@ def report(memory, throughput, switch, device, dtype, batch, seq, reps) -> str:
     for n in range(1, 6):
         full = index[("full", n, 0)]
         row = [str(n), _mib(full["param_bytes"]), _mib(full["rss_bytes"])]
-        for k in (K_QUARTER, K_EIGHTH):
+        for k in (quarter, eighth):
             c = index[("ccoe", n, k)]
             row += [_mib(c["param_bytes"]), _mib(c["rss_bytes"]), f"{1 - c['param_bytes'] / full['param_bytes']:.1%}"]
         lora = index[("lora", n, 0)]
         row += [_mib(lora["param_bytes"]), _mib(lora["rss_bytes"])]
         lines.append("| " + " | ".join(row) + " |")
-    five_full, five = index[("full", 5, 0)], index[("ccoe", 5, K_QUARTER)]
+    five_full, five = index[("full", 5, 0)], index[("ccoe", 5, quarter)]
     lines += ["", f"With 5 experts at k = L/4 CCoE holds {1 - five['param_bytes'] / five_full['param_bytes']:.1%} fewer parameter bytes "
               f"than 5 full models (RSS: {1 - five['rss_bytes'] / five_full['rss_bytes']:.1%}); the paper reports 61.3% on its setup.",
               "LoRA adapters are far smaller than layer experts (that is their point); what CCoE buys with its bytes is",
@@ -222,7 +231,7 @@ def report(memory, throughput, switch, device, dtype, batch, seq, reps) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-probe":
-        print(json.dumps(memory_probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+        print(json.dumps(memory_probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/runtime.md"))
@@ -231,15 +240,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--shapes", default="smollm2-135m", choices=sorted(SHAPES), help="backbone shapes (random weights)")
     args = p.parse_args()
     device = torch.device(args.device)
     print("memory ...", file=sys.stderr)
-    memory = measure_memory()
+    memory = measure_memory(args.shapes)
     print("switch ...", file=sys.stderr)
-    switch = measure_switch()
+    switch = measure_switch(shapes=args.shapes)
     print("throughput ...", file=sys.stderr)
-    throughput = measure_throughput(device, args.dtype, args.batch, args.seq, args.reps)
-    text = report(memory, throughput, switch, device, args.dtype, args.batch, args.seq, args.reps)
+    throughput = measure_throughput(device, args.dtype, args.batch, args.seq, args.reps, args.shapes)
+    text = report(memory, throughput, switch, device, args.dtype, args.batch, args.seq, args.reps, args.shapes)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

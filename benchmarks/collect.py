@@ -13,7 +13,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.machine import cpu_name  # noqa: E402
 
-SECTIONS = ["runtime.md", "inference.md", "inference-gemma.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
+SECTIONS = ["runtime.md", "runtime-gemma.md", "inference.md", "inference-gemma.md", "training.md", "merge.md", "pipeline.md", "cli.md"]
 # hours of CPU training and scoring on the real backbone, or a server under load: not part of `make bench`
 OPTIONAL = {"domains.md": "make domain-report", "domains-gemma.md": "make domain-report-gemma", "lora.md": "make lora-report", "router.md": "make router-report",
             "planning.md": "make planning-report", "serving.md": "make bench-serving", "engines.md": "make bench-serving",
@@ -30,7 +30,8 @@ def main() -> None:
         f"- Collected on: {cpu}, {os.cpu_count()} cores; each section names the CPU or GPU it was measured on; Python {platform.python_version()}; torch {torch.__version__}; "
         f"transformers {transformers.__version__}",
         "- Backbone: SmolLM2-135M shapes (30 layers, hidden 576, vocab 49152, tied embeddings) with random weights: "
-        "speed and memory do not depend on weight values.", "",
+        "speed and memory do not depend on weight values; sections titled \"gemma3-270m shapes\" use Gemma 3 270M's "
+        "(18 layers, hidden 640, vocab 262144, 5:1 sliding:full layers) the same way.", "",
     ]
     for name in SECTIONS:
         path = results / name

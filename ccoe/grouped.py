@@ -23,8 +23,9 @@ or popped or any stacked weight is changed in place (parameter version counters 
 
 What it buys (BENCHMARKS.md "Inference", "Engines"): on a 2-core CPU a decode step is bound by reading
 weights, so a step with n distinct experts costs about their bytes whichever way it runs; grouping
-removed the remaining call overhead (continuous batching, SmolLM2-135M, 4 experts: 0.82x vs 0.75x the
-backbone's tokens/s at 4 concurrent requests). On GPUs at decode sizes calls (kernel launches) dominate.
+removes the call overhead on top (continuous batching, SmolLM2-135M, 4 experts: 0.79x vs 0.74x the
+backbone's tokens/s at 4 concurrent requests, no measurable change at 16). On GPUs at decode sizes
+calls (kernel launches) dominate; that is where it is meant to pay.
 
 Shapes: hidden states (B, T, H); tokens flattened (B*T, H) in row-major order, so row r's tokens are
 r*T .. r*T+T-1; offsets (G,) int32, cumulative token counts per group in stack order.
