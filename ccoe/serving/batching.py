@@ -1,9 +1,11 @@
 """Continuous batching across experts: requests join and leave a running batch at step boundaries.
 
-One loop thread owns the model. Each iteration it either admits waiting requests (one prefill of
-the newcomers, at most `max_prefill_tokens` prompt tokens, so running rows wait for one bounded
-prefill at a time) or runs one decode step for every active row. A decode step is one mixed-expert
-forward (`CCoEModel` with per-row routes), whatever the mix of experts.
+One loop thread owns the model. Each iteration it either runs one prefill chunk of the newcomers or
+one decode step for every active row, and while rows are running the two alternate: running rows
+wait for at most one chunk (`max_prefill_tokens` prompt tokens across the newcomers) between two of
+their tokens, however long the newcomers' prompts (chunked prefill, as vLLM and SGLang do; the
+newcomers' KV cache grows chunk by chunk and joins the batch after their last chunk). A decode step
+is one mixed-expert forward (`CCoEModel` with per-row routes), whatever the mix of experts.
 
 The running batch is a left-padded KV cache, as TGI's `CausalLMBatch.concatenate` keeps one:
 newcomers' caches are left-padded to the batch's length (or the batch's to theirs) and concatenated
@@ -95,6 +97,19 @@ class _Row:
 
 
 @dataclass
+class _Prefill:
+    """Newcomers being prefilled chunk by chunk: left-padded ids and mask (n, L), positions (n, L),
+    their own KV cache, and how many columns are done."""
+
+    rows: list[_Row]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    cache: object
+    done: int = 0
+
+
+@dataclass
 class EngineStats:
     """Counters since start (Prometheus counters) and the current gauges."""
 
@@ -105,6 +120,7 @@ class EngineStats:
     completion_tokens: int = 0
     decode_steps: int = 0
     prefills: int = 0
+    prefill_chunks: int = 0
     busy_s: float = 0.0
     waiting: int = 0
     active: int = 0
@@ -140,6 +156,8 @@ class ContinuousBatcher:
         self._exclusive: queue.Queue[tuple[Callable[[], object], Future]] = queue.Queue()
         self._wake = threading.Condition()
         self._rows: list[_Row] = []
+        self._prefill: _Prefill | None = None
+        self._prefilled_last = False
         self._cache = None
         self._mask: torch.Tensor | None = None
         self._stop = threading.Event()
@@ -185,7 +203,9 @@ class ContinuousBatcher:
 
     def in_use(self) -> set[Route]:
         """Routes of the requests active or waiting now (a hot swap keeps these experts)."""
-        return {row.route for row in list(self._rows)} | {row.route for row in list(self._waiting.queue)}
+        prefill = self._prefill
+        return ({row.route for row in list(self._rows)} | {row.route for row in list(self._waiting.queue)}
+                | {row.route for row in (prefill.rows if prefill is not None else [])})
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -202,16 +222,19 @@ class ContinuousBatcher:
                         future.set_result(fn())
                     except BaseException as err:  # handed to the caller, who reports it
                         future.set_exception(err)
-            if not self._rows and self._waiting.empty():
+            if not self._rows and self._prefill is None and self._waiting.empty():
                 with self._wake:
                     self._wake.wait(timeout=0.5)
                 continue
             started = time.perf_counter()
             try:
-                if not self._waiting.empty() and len(self._rows) < self.max_batch:
+                wants_prefill = self._prefill is not None or (not self._waiting.empty() and len(self._rows) < self.max_batch)
+                if wants_prefill and not (self._rows and self._prefilled_last):
                     self._admit()
+                    self._prefilled_last = True
                 else:
                     self._decode()
+                    self._prefilled_last = False
             except Exception as err:  # a failed step ends its rows with the error; the server keeps running
                 self._fail_all(f"{type(err).__name__}: {err}")
             self.stats.busy_s += time.perf_counter() - started
@@ -221,13 +244,14 @@ class ContinuousBatcher:
             self._waiting.get().emit(Finished("error", 0, 0, "the server is shutting down"))
 
     def _fail_all(self, message: str) -> None:
-        for row in self._rows:
+        for row in self._rows + (self._prefill.rows if self._prefill is not None else []):
             self.stats.errors += 1
             row.emit(Finished("error", len(row.prompt_ids), len(row.tokens), message))
-        self._rows, self._cache, self._mask = [], None, None
+        self._rows, self._cache, self._mask, self._prefill = [], None, None, None
 
     def _take_waiting(self) -> list[_Row]:
-        """Waiting requests that fit the free rows and the prefill budget (at least one)."""
+        """Waiting requests that fit the free rows and the prefill budget (at least one, whatever its
+        length: a prompt over the budget is prefilled in chunks)."""
         taken, budget = [], self.max_prefill_tokens
         while not self._waiting.empty() and len(self._rows) + len(taken) < self.max_batch:
             head = self._waiting.queue[0]
@@ -245,32 +269,41 @@ class ContinuousBatcher:
 
     @torch.no_grad()
     def _admit(self) -> None:
-        """Prefill the newcomers in one forward, take their first tokens, merge them into the batch. A
-        failed prefill ends the newcomers with the error and leaves the running rows as they were."""
+        """Run the next prefill chunk of the newcomers (taking them from the queue first); after their
+        last chunk, take their first tokens and merge them into the batch. A failed chunk ends the
+        newcomers with the error and leaves the running rows as they were."""
         from transformers import DynamicCache
 
-        rows = self._take_waiting()
-        if not rows:
-            return
-        ids, mask = left_pad([r.prompt_ids for r in rows], self.pad)
-        ids, mask = ids.to(self._device), mask.to(self._device)
-        # Full-length layers everywhere, sliding-window ones too (Gemma 3, Mistral): every row's cache is then
-        # one left-padded (B, h, L, d) tensor per layer that merges and retires alike, and the sliding
-        # layers' masks (built per layer type from the positions) hide what lies beyond their window.
-        cache = DynamicCache()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self._prefill is None:
+            rows = self._take_waiting()
+            if not rows:
+                return
+            ids, mask = left_pad([r.prompt_ids for r in rows], self.pad)
+            ids, mask = ids.to(self._device), mask.to(self._device)
+            # Full-length layers everywhere, sliding-window ones too (Gemma 3, Mistral): every row's cache is then
+            # one left-padded (B, h, L, d) tensor per layer that merges and retires alike, and the sliding
+            # layers' masks (built per layer type from the positions) hide what lies beyond their window.
+            self._prefill = _Prefill(rows, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), DynamicCache())
+        p = self._prefill
+        end = min(p.ids.shape[1], p.done + max(1, self.max_prefill_tokens // len(p.rows)))
         try:
-            out = self.model(ids, mask, expert_ids=[r.route for r in rows], past_key_values=cache, position_ids=positions,
-                             logits_to_keep=1, share_equal_rows=True)
+            out = self.model(p.ids[:, p.done:end], p.mask[:, :end], expert_ids=[r.route for r in p.rows], past_key_values=p.cache,
+                             position_ids=p.positions[:, p.done:end], logits_to_keep=1, share_equal_rows=p.done == 0)
         except Exception as err:
-            for row in rows:
+            self._prefill = None
+            for row in p.rows:
                 self.stats.errors += 1
                 row.emit(Finished("error", len(row.prompt_ids), 0, f"{type(err).__name__}: {err}"))
             return
+        self.stats.prefill_chunks += 1
+        p.done = end
+        if end < p.ids.shape[1]:
+            return
+        self._prefill = None
         self.stats.prefills += 1
-        self.stats.prompt_tokens += sum(len(r.prompt_ids) for r in rows)
-        self._merge(rows, cache, mask)
-        self._advance(rows, out.logits[:, -1, :])
+        self.stats.prompt_tokens += sum(len(r.prompt_ids) for r in p.rows)
+        self._merge(p.rows, p.cache, p.mask)
+        self._advance(p.rows, out.logits[:, -1, :])
 
     @torch.no_grad()
     def _decode(self) -> None:

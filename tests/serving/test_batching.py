@@ -143,3 +143,42 @@ def test_exclusive_work_runs_between_steps_and_cancel_ends_a_request(served):
         assert kept.wait()[1].reason in ("length", "stop")
     finally:
         engine.close()
+
+
+class CallLog:
+    """The model behind a batcher, logging each forward as (rows, new tokens per row)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, ids, *args, **kwargs):
+        self.calls.append(tuple(ids.shape))
+        return self.model(ids, *args, **kwargs)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_rows_decode_steps(served):
+    model, tokenizer = served
+    short = tokenizer("law court")["input_ids"]
+    long = tokenizer("sql query equals answer plus minus four five six seven what is the sum of two")["input_ids"]
+    assert len(long) > 12 and len(alone(model, tokenizer, short, "law", 12)) == 12  # the running row outlives the prefill
+    logged = CallLog(model)
+    engine = ContinuousBatcher(logged, tokenizer, max_batch=4, max_prefill_tokens=4)  # started after both are queued
+    running, newcomer = Collector(), Collector()
+    engine.submit(short, "law", SamplingParams(max_new_tokens=12), running)
+    engine.submit(long, "math", SamplingParams(max_new_tokens=6), newcomer)  # over the budget: chunked
+    engine.start()
+    try:
+        texts = [running.wait()[0], newcomer.wait()[0]]
+    finally:
+        engine.close()
+    expected = [tokenizer.decode(alone(model, tokenizer, ids, route, n), skip_special_tokens=True)
+                for ids, route, n in ((short, "law", 12), (long, "math", 6))]
+    assert texts == expected
+    chunks = -(-len(long) // 4)
+    assert engine.stats.prefill_chunks == 1 + chunks and engine.stats.prefills == 2
+    # the short prompt's prefill, then the long one's chunks, each after one decode step of the running row
+    assert logged.calls[0] == (1, len(short))
+    assert logged.calls[1:1 + 2 * chunks] == [(1, 1), (1, 4)] * (chunks - 1) + [(1, 1), (1, len(long) - 4 * (chunks - 1))]
