@@ -4,7 +4,8 @@
    (configs/planner.yaml) into an artifact under `--work` (reused when it is already there).
 2. Composed tasks (`ccoe.domains.composed`) from seed 1000, minus every planner training query:
    a Chinook count feeds an arithmetic word problem, the answer is exact.
-3. Systems, all greedy on the same tasks:
+3. Systems, all greedy on the same tasks, every non-SQL row decoded with the calculator
+   (`ccoe.calculator`; `--no-calculator` for none), so that differences come from planning:
    - base: the backbone answers the whole query (its last number is the answer);
    - routed: the rule gate picks one expert for the whole query; its completion resolves as that
      domain resolves it (SQL is run on the read-only database, math's last number);
@@ -33,6 +34,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +52,7 @@ from ccoe.domains.math import final_number  # noqa: E402
 from ccoe.evidence import clopper_pearson, paired_difference  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402
 from ccoe.model import CCoEModel  # noqa: E402
-from ccoe.planning import Plan, PlanResult, PlanStep, default_tools, execute_plans, plan_queries, planning_setup, single_step  # noqa: E402
+from ccoe.planning import Plan, PlanResult, PlanStep, StepTool, default_tools, execute_plans, plan_queries, planning_setup, single_step  # noqa: E402
 from lightning_modules.planner import train_planner  # noqa: E402
 from lightning_modules.train import train_expert  # noqa: E402
 
@@ -107,6 +109,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "out" / "bench-planning")
     p.add_argument("--composed", type=int, default=40)
     p.add_argument("--single", type=int, default=20, help="held-out items per domain for the single-domain check")
+    p.add_argument("--calculator", action=argparse.BooleanOptionalAction, default=True,
+                   help="every system decodes its non-SQL rows with the calculator (ccoe.calculator), as planned math steps do")
     p.add_argument("--batch", type=int, default=4, help="rows per batch: on 2 CPU cores decoding is compute-bound from ~4 rows, and a batch runs as long as its longest row")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,7 @@ def main() -> None:
     tasks: list[ComposedTask] = composed_tasks(1000, args.composed, exclude=trained_queries)
     queries = [t.query for t in tasks]
     tools = default_tools()
+    tools = {**tools, "math": replace(tools["math"], calculator=args.calculator), None: StepTool(calculator=args.calculator)}
     routable = list(manifest.routable_experts())
 
     def route(query: str) -> tuple[str | None, str | None]:
@@ -207,7 +212,7 @@ def main() -> None:
     best = max(("base", "routed", "sql only", "math only"), key=lambda s: sum(systems[s]["scores"]))
     diff = paired_difference(systems["planned"]["scores"], systems[best]["scores"], binary=True)
     record = {
-        "cpu": cpu_name(), "n": len(tasks), "planner": json.loads((args.work / "planner.json").read_text()),
+        "cpu": cpu_name(), "n": len(tasks), "calculator": args.calculator, "planner": json.loads((args.work / "planner.json").read_text()),
         "systems": {name: {**rate(s["scores"]), "seconds_per_task": s["seconds"] / len(tasks)} for name, s in systems.items()},
         "plan_seconds_per_task": systems["planned"]["plan_seconds"] / len(tasks),
         "best_single": best, "planned_minus_best": diff.text(), "planned_minus_best_low": diff.low,
@@ -232,7 +237,10 @@ def report(r: dict) -> str:
         "configs/domain-experts.yaml; the planner (configs/planner.yaml) trained in "
         f"{planner['seconds']:.0f} s on {planner['composed_rows']} composed + {planner['single_rows']} one-step plans. "
         f"{r['n']} composed tasks (a Chinook count feeds a math word problem; seed 1000, none of them a planner training query). "
-        "Accuracy = exact final answer; 95% Clopper-Pearson intervals.", "",
+        "Accuracy = exact final answer; 95% Clopper-Pearson intervals. "
+        + ("Every system decodes its non-SQL rows with the calculator (`ccoe.calculator`: the value after each "
+           "`<arithmetic> =` is written for the model), as planned math steps do." if r.get("calculator")
+           else "No calculator (`--no-calculator`)."), "",
         "| system | right | s per task |", "|---|---|---|",
     ]
     for name, s in r["systems"].items():

@@ -10,13 +10,26 @@ get the same positions (and logits) as they would alone.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from ccoe.data import encode_prompt
 from ccoe.model import CCoEModel, Route
+
+
+class DecodingTool(Protocol):
+    """Writes tokens into a row while it decodes (e.g. `ccoe.calculator.Calculator`): after a row's
+    newest token is one of `triggers`, `tool(new_tokens)` gives the token ids to write next, in place
+    of the model's choices (empty: none). The model still reads every written token, so the KV cache
+    and the rest of the row are exactly as if the model had chosen them."""
+
+    triggers: frozenset[int]
+
+    def __call__(self, tokens: list[int]) -> list[int]: ...
 
 
 def _check_left_padded(attention_mask: torch.Tensor) -> None:
@@ -69,12 +82,16 @@ def generate(
     generator: torch.Generator | None = None,
     until: Callable[[list[int]], bool] | None = None,
     check_every: int = 8,
+    tools: Sequence[DecodingTool | None] | None = None,
 ) -> torch.Tensor:
     """Generate up to `max_new_tokens` per row; returns the new tokens (B, N), `pad_token_id` after EOS.
 
     `until(tokens)`, asked every `check_every` steps about each unfinished row's new tokens, ends that
     row like an EOS when it returns True (e.g. once a scorer's answer can no longer change), so a batch
     stops when every row is done instead of running to `max_new_tokens`.
+
+    `tools` (one per row, None for none) write tokens into their rows (`DecodingTool`); written
+    tokens count against `max_new_tokens` like chosen ones.
     """
     from transformers import DynamicCache
 
@@ -90,6 +107,10 @@ def generate(
     perm = torch.tensor(order, device=input_ids.device)
     ids, mask = input_ids[perm], attention_mask[perm]
     routes = [routes[row] for row in order]
+    if tools is not None and len(tools) != batch:
+        raise ValueError(f"tools has {len(tools)} entries for a batch of {batch} prompts")
+    row_tools = [tools[row] for row in order] if tools is not None else [None] * batch
+    written: list[deque[int]] = [deque() for _ in range(batch)]
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or []), device=ids.device)
 
     cache = DynamicCache(config=model.backbone.config)
@@ -103,6 +124,8 @@ def generate(
         token = select_next_token(
             out.logits[:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
+        if any(row_tools):
+            token = _apply_tools(token, new_tokens, row_tools, written, finished)
         new_tokens.append(token.masked_fill(finished, pad_token_id))
         if eos.numel():
             finished |= torch.isin(token, eos)
@@ -117,6 +140,22 @@ def generate(
         positions = positions[:, -1:] + 1
     generated = torch.stack(new_tokens, dim=1) if new_tokens else ids.new_empty((batch, 0))
     return generated[torch.argsort(perm)]
+
+
+def _apply_tools(token: torch.Tensor, new_tokens: list[torch.Tensor], tools: Sequence[DecodingTool | None],
+                 written: list[deque[int]], finished: torch.Tensor) -> torch.Tensor:
+    """`token` (B,) with each row's pending written token in place of the model's, and the tools of
+    rows whose newest token is a trigger asked what to write next."""
+    chosen, done = token.tolist(), finished.tolist()
+    for row, tool in enumerate(tools):
+        if tool is None or done[row]:
+            continue
+        if written[row]:
+            chosen[row] = written[row].popleft()
+        elif chosen[row] in tool.triggers:
+            sofar = [int(step[row]) for step in new_tokens] + [chosen[row]]
+            written[row].extend(tool(sofar))
+    return torch.tensor(chosen, dtype=token.dtype, device=token.device)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,21 +186,26 @@ def generate_text(
     max_new_tokens: int = 64,
     use_chat_template: bool = True,
     until: Callable[[str], bool] | None = None,
+    tools: Sequence[DecodingTool | None] | None = None,
+    prefix_ids: Sequence[int] = (),
     **sampling,
 ) -> list[Completion]:
     """Batched text generation; prompts routed to different experts share one batch. `until(text)`
-    ends a row early once its text so far satisfies it (see `generate`)."""
+    ends a row early once its text so far satisfies it, and `tools` write into their rows (see
+    `generate`). `prefix_ids` start every response: they are prefilled with the prompt (one forward
+    instead of a decode step per token) and are not part of the returned text."""
     if tokenizer is None:
         raise ValueError("this backbone has no tokenizer; pass token ids to `generate` instead")
     if len(prompts) != len(experts):
         raise ValueError(f"{len(prompts)} prompts but {len(experts)} expert routes")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = left_pad([encode_prompt(tokenizer, p, use_chat_template) for p in prompts], pad)
+    ids, mask = left_pad([encode_prompt(tokenizer, p, use_chat_template) + list(prefix_ids) for p in prompts], pad)
     device = next(model.lm.parameters()).device
     tokens = generate(
         model, ids.to(device), mask.to(device), expert_ids=list(experts), max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
-        until=None if until is None else (lambda row: until(tokenizer.decode(row, skip_special_tokens=True))), **sampling,
+        until=None if until is None else (lambda row: until(tokenizer.decode(row, skip_special_tokens=True))), tools=tools,
+        **sampling,
     )
     texts = tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)
     return [Completion(p, e, t.strip()) for p, e, t in zip(prompts, experts, texts)]

@@ -7,19 +7,22 @@ import re
 import sqlite3
 
 import pytest
+import torch
 
 from ccoe.config import LayerSelection, PlannerSpec
 from ccoe.domains.composed import composed_tasks, planner_rows, planner_training_rows
 from ccoe.domains.sql import database_path, run_readonly
+from ccoe.data import encode_prompt
 from ccoe.expert import create_expert
+from ccoe.generation import generate, generate_text
 from ccoe.cli import main
 from ccoe.manifest import PLANNER_DOMAIN, read_manifest
 from ccoe.model import CCoEModel
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec
 from ccoe.planning import (
-    Plan, PlanError, PlanningSetup, PlanStep, StepTool, execute_plans, parse_plan, plan_complete, plan_json, plan_queries,
-    planning_setup, sql_answer, substitute,
+    PLAN_START, Plan, PlanError, PlanningSetup, PlanStep, StepTool, execute_plans, parse_plan, plan_complete, plan_json, plan_prefix,
+    plan_queries, planning_setup, sql_answer, substitute,
 )
 from tests.conftest import perturb, save_tiny_artifact
 
@@ -109,6 +112,28 @@ def test_execution_substitutes_earlier_answers_and_equals_running_each_plan_alon
     assert two.prompt == f"write {one.answer} sql {one.answer}" and three.prompt == f"write {two.answer} minus {one.answer}"
 
 
+def test_steps_whose_tool_has_the_calculator_decode_with_it(planned_model, monkeypatch):
+    """One wave mixing a math step (its tool has the calculator) and an sql step: the math row decodes
+    with a Calculator of the model's tokenizer, the sql row with none; the built-in math tool has it."""
+    import ccoe.planning as planning
+    from ccoe.calculator import Calculator
+
+    seen, real = [], planning.generate_text
+
+    def spy(model, tokenizer, prompts, experts, **kwargs):
+        seen.append((list(experts), kwargs["tools"]))
+        return real(model, tokenizer, prompts, experts, **kwargs)
+
+    monkeypatch.setattr(planning, "generate_text", spy)
+    tools = {"math": StepTool(max_new_tokens=4, calculator=True), "sql": StepTool(max_new_tokens=4)}
+    plans = [Plan((PlanStep("sql", "s", None),)), Plan((PlanStep("math", "m", None),))]
+    execute_plans(planned_model, planned_model.backbone.tokenizer, ["sum of two", "two plus three"], plans, tools)
+    [(experts, row_tools)] = seen
+    assert experts == ["s", "m"] and row_tools[0] is None
+    assert isinstance(row_tools[1], Calculator) and row_tools[1].tokenizer is planned_model.backbone.tokenizer
+    assert planning.default_tools()["math"].calculator and not planning.default_tools()["sql"].calculator
+
+
 def test_a_step_without_an_answer_stops_its_plan_with_the_reason(planned_model):
     plan = Plan((PlanStep("sql", "s", "sum"), PlanStep("math", "m", "{1} plus two")))
     result = execute_plans(planned_model, planned_model.backbone.tokenizer, ["q"], [plan], _echo_tools(resolve=lambda text: None))[0]
@@ -127,6 +152,29 @@ def test_an_unusable_plan_falls_back_to_routing_and_says_why(planned_model):
     assert [p.steps for p in plans] == [(PlanStep(None, None, None),), (PlanStep("sql", "s", None),)]
     assert plans[0].fallback.startswith("no JSON object") and plans[0].fallback.endswith("routed to the backbone instead")
     assert plans[1].fallback.endswith("routed to s instead")
+
+
+def test_response_prefix_ids_are_prefilled_and_the_row_goes_on_as_if_it_had_decoded_them(planned_model):
+    """generate_text(prefix_ids=...) returns what follows the prefix: when the prefix is what the model
+    decodes first anyway, the rest is exactly the free run's rest (how plan_queries primes plans)."""
+    tokenizer = planned_model.backbone.tokenizer
+    free = generate(planned_model, torch.tensor([encode_prompt(tokenizer, "what is two plus three")]), expert="p", max_new_tokens=8)[0].tolist()
+    primed = generate_text(planned_model, tokenizer, ["what is two plus three"], ["p"], max_new_tokens=5, prefix_ids=free[:3])
+    assert primed[0].text == tokenizer.decode(free[3:], skip_special_tokens=True).strip()
+
+
+def test_plan_prefix_is_the_common_start_of_the_tokenised_plans_or_nothing(planned_model):
+    class Chars:  # one token per character: every plan starts with the whole of PLAN_START
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+        def decode(self, ids):
+            return "".join(map(chr, ids))
+
+    ids, text = plan_prefix(Chars(), ["math", "sql"])
+    assert text == PLAN_START and ids == [ord(c) for c in PLAN_START]
+    assert plan_json([("math", None)]).startswith(PLAN_START)
+    assert plan_prefix(planned_model.backbone.tokenizer, ["math"]) == ([], "")  # a word-level tokenizer cannot write it back
 
 
 def test_planning_setup_needs_a_planner():

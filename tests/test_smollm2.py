@@ -63,3 +63,20 @@ def test_example_training_job_runs_two_steps_on_the_real_backbone(tmp_path, smol
     result = train_expert(job)
     assert result.entry.backbone_fingerprint == smollm2.fingerprint and result.entry.layers == list(range(22, 30))
     assert 100e6 < result.entry.bytes < 120e6 and result.entry.metrics["train/loss"] < 5
+
+
+def test_the_calculator_triggers_on_the_real_tokenizer_and_writes_the_value(smollm2):
+    from ccoe.calculator import Calculator
+
+    calculator = Calculator.for_tokenizer(smollm2.tokenizer)
+    tokens = smollm2.tokenizer("Step 1: 123 * 457 =", add_special_tokens=False)["input_ids"]
+    assert tokens[-1] in calculator.triggers
+    assert smollm2.tokenizer.decode(calculator(tokens)) == " 56211"
+    assert calculator(smollm2.tokenizer("The sum of two numbers", add_special_tokens=False)["input_ids"]) == []
+
+
+def test_plans_are_primed_with_their_whole_fixed_start_on_the_real_tokenizer(smollm2):
+    from ccoe.planning import PLAN_START, plan_prefix
+
+    ids, text = plan_prefix(smollm2.tokenizer, ["math", "code", "law", "medical", "sql"])
+    assert text == PLAN_START and len(ids) == 8
