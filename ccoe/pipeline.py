@@ -37,6 +37,7 @@ from ccoe.expert import expert_from_bytes
 from ccoe.gate import DomainScores, GateDecision, RoutingScores, decide, evidence_rows
 from ccoe.manifest import PLANNER_DOMAIN, BackboneEntry, LearnedRouterEntry, Manifest, TrainedExpert, blob_store_for
 from ccoe.model import CCoEModel
+from ccoe.planning import evaluate_plans
 from ccoe.router import RuleRouter, expert_for
 from ccoe.storage import BlobStore
 
@@ -380,7 +381,11 @@ def _score(spec: PipelineSpec, model: CCoEModel, tokenizer, key: str, held: Held
     """Base, champion and candidate on the set's items in one shared-prefix pass (task metric or NLL);
     without a champion version, the champion's scores are None (the base is the reference)."""
     started, routes = time.perf_counter(), [None, route["champion"], route["candidate"]]
-    if held.metric:
+    if held.domain == PLANNER_DOMAIN:  # plan accuracy of the plans each model writes, primed as served
+        result = evaluate_plans(model, tokenizer, held.items, routes, spec=held.encoding, batch_size=spec.eval.batch_size,
+                                generation_batch_size=spec.eval.generation_batch_size,
+                                max_new_tokens=spec.eval.max_new_tokens.get(PLANNER_DOMAIN, spec.planner.max_new_tokens if spec.planner else 192))
+    elif held.metric:
         result = evaluate_domain(model, tokenizer, DOMAINS[held.domain], held.items, routes, spec=held.encoding,
                                  batch_size=spec.eval.batch_size, generation_batch_size=spec.eval.generation_batch_size,
                                  max_new_tokens=spec.eval.max_new_tokens.get(held.domain, 128), progress=progress)

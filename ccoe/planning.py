@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ccoe.calculator import Calculator
+from ccoe.config import DataSpec
+from ccoe.evaluate import DomainScore, evaluate_loss, generation_batches
 from ccoe.generation import generate_text
 from ccoe.manifest import PLANNER_DOMAIN, Manifest
-from ccoe.model import CCoEModel
+from ccoe.model import CCoEModel, Route
 
 MAX_STEPS = 4
 REFERENCE = re.compile(r"\{(\d+)\}")
@@ -386,3 +388,46 @@ def plan_and_run(model: CCoEModel, tokenizer, manifest: Manifest, router, querie
 
     key = (lambda name: name) if keys is None else (lambda name: None if name is None else keys[name])
     return execute_plans(model, tokenizer, queries, plan_queries(model, tokenizer, queries, setup, route, key), tools, key=key)
+
+
+# -- judging a planner ---------------------------------------------------------------------------------
+
+
+def plan_matches(gold: str, text: str) -> float:
+    """1.0 when `text` parses (`parse_plan`) to exactly the steps of the gold plan text: the same
+    domains with the same tasks, in the same order; else 0.0 (an invalid plan is wrong). Only the gold
+    plan's domains count as served, so a step to any other domain is wrong too."""
+    steps = json.loads(gold)["steps"]
+    try:
+        plan = parse_plan(text, {s["domain"]: s["domain"] for s in steps})
+    except PlanError:
+        return 0.0
+    return float([(s.domain, s.task) for s in plan.steps] == [(s["domain"], s.get("task")) for s in steps])
+
+
+def evaluate_plans(model: CCoEModel, tokenizer, items: Sequence[dict], routes: Sequence[Route], *, spec: DataSpec,
+                   max_new_tokens: int = 192, batch_size: int = 8, generation_batch_size: int = 32) -> dict[Route, DomainScore]:
+    """The gate's evidence for a planner: per route (None: the plain backbone), the held-out NLL of the
+    gold plans and plan accuracy (`plan_matches`) of the plan it writes for each query, primed and
+    stopped exactly as `plan_queries` does when serving. `items`: {prompt: query, response: gold plan
+    JSON} (the planner's validation split); `spec`: its DataSpec. Returns {route: DomainScore} with
+    `metric` = plan accuracy, so the gate judges a retrained planner on the plans it writes. Generation
+    stops 16 tokens past the longest gold plan: a model that writes no plan (the backbone) would
+    otherwise decode `max_new_tokens` for every item.
+
+    Why not `evaluate_domain`: a plan is primed with its fixed start (`plan_prefix`), which the
+    domains' generation does not have; scoring unprimed output would judge a model nobody serves."""
+    routes = list(dict.fromkeys(routes))
+    losses = evaluate_loss(model, tokenizer, PLANNER_DOMAIN, items, routes, spec=spec, batch_size=batch_size)
+    domains = sorted({s["domain"] for it in items for s in json.loads(it["response"])["steps"]})
+    prefix_ids, prefix = plan_prefix(tokenizer, domains)
+    longest = max(len(tokenizer(it["response"], add_special_tokens=False)["input_ids"]) for it in items)
+    max_new_tokens = min(max_new_tokens, longest - len(prefix_ids) + 16)  # far past the longest gold plan nothing can match
+    right: dict[Route, list[float]] = {route: [0.0] * len(items) for route in routes}
+    for rows in generation_batches([it["prompt"] for it in items], routes, generation_batch_size):
+        completions = generate_text(model, tokenizer, [items[i]["prompt"] for i, _ in rows], [routes[r] for _, r in rows],
+                                    max_new_tokens=max_new_tokens, use_chat_template=spec.use_chat_template,
+                                    until=lambda text: plan_complete(prefix + text), prefix_ids=prefix_ids, check_every=2)
+        for (i, r), completion in zip(rows, completions):
+            right[routes[r]][i] = plan_matches(items[i]["response"], prefix + completion.text)
+    return {r: replace(losses[r], metric=sum(right[r]) / len(items), item_scores=tuple(right[r])) for r in routes}

@@ -3,6 +3,7 @@ substitution, the fallback to routing, and the composed tasks' answers."""
 
 import json
 import random
+from dataclasses import replace
 import re
 import sqlite3
 
@@ -21,8 +22,8 @@ from ccoe.model import CCoEModel
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec
 from ccoe.planning import (
-    PLAN_START, Plan, PlanError, PlanningSetup, PlanStep, StepTool, execute_plans, parse_plan, plan_complete, plan_json, plan_prefix,
-    plan_queries, planning_setup, sql_answer, substitute,
+    PLAN_START, Plan, PlanError, PlanningSetup, PlanStep, StepTool, evaluate_plans, execute_plans, parse_plan, plan_complete, plan_json,
+    plan_matches, plan_prefix, plan_queries, planning_setup, sql_answer, substitute,
 )
 from tests.conftest import perturb, save_tiny_artifact
 
@@ -175,6 +176,58 @@ def test_plan_prefix_is_the_common_start_of_the_tokenised_plans_or_nothing(plann
     assert text == PLAN_START and ids == [ord(c) for c in PLAN_START]
     assert plan_json([("math", None)]).startswith(PLAN_START)
     assert plan_prefix(planned_model.backbone.tokenizer, ["math"]) == ([], "")  # a word-level tokenizer cannot write it back
+
+
+GOLD = plan_json([("sql", "How many customers are from Brazil?"), ("math", "A shop packs {1} boxes of 6 pens. How many pens?")])
+
+
+@pytest.mark.parametrize("text, right", [
+    (GOLD, 1.0),
+    (GOLD + ' trailing words the generation ran on with', 1.0),
+    (GOLD.replace("Brazil", "Chile"), 0.0),  # another task
+    (plan_json([("sql", "How many customers are from Brazil?")]), 0.0),  # a step missing
+    (GOLD.replace('"math"', '"law"'), 0.0),  # a domain the gold plan does not serve
+    (GOLD.replace("{1}", "{2}"), 0.0),  # a forward reference: not a valid plan
+    (GOLD[:-3], 0.0),  # cut off
+])
+def test_plan_matches_only_the_gold_steps(text, right):
+    assert plan_matches(GOLD, text) == right
+    assert plan_matches(plan_json([("math", None)]), plan_json([("math", None)])) == 1.0
+
+
+def test_evaluate_plans_scores_the_primed_plans_each_route_writes_and_the_gold_nll(planned_model, monkeypatch):
+    """Per route: plan accuracy of the completions read after the plan's fixed start (as served), and
+    the gold plans' NLL exactly as evaluate_loss gives it."""
+    import ccoe.planning as planning
+    from ccoe.config import DataSpec
+    from ccoe.evaluate import evaluate_loss
+
+    tokenizer = planned_model.backbone.tokenizer
+    items = [{"prompt": "sql then math", "response": GOLD}, {"prompt": "only math", "response": plan_json([("math", None)])}]
+    prefix = PLAN_START[:12]
+    asked = []
+    monkeypatch.setattr(planning, "plan_prefix", lambda tok, domains: asked.append(list(domains)) or ([7, 8], prefix))
+    seen, real = [], planning.generate_text
+
+    def planner(model, tok, prompts, experts, **kwargs):  # route "p" writes the gold plans, the backbone the first one
+        seen.append(kwargs)
+        golds = {it["prompt"]: it["response"] for it in items}
+        return [replace(c, text=golds[q][len(prefix):] if e == "p" else GOLD[len(prefix):])
+                for c, q, e in zip(real(model, tok, prompts, experts, max_new_tokens=1), prompts, experts)]
+
+    monkeypatch.setattr(planning, "generate_text", planner)
+    spec = DataSpec(records=[], max_length=96)
+    scores = evaluate_plans(planned_model, tokenizer, items, [None, "p", "p"], spec=spec, max_new_tokens=9)
+    assert sorted(scores, key=str) == [None, "p"] and asked == [["math", "sql"]]  # the gold plans' domains
+    assert scores["p"].metric == 1.0 and scores["p"].item_scores == (1.0, 1.0)
+    assert scores[None].metric == 0.5 and scores[None].item_scores == (1.0, 0.0)
+    assert all(kw["prefix_ids"] == [7, 8] and kw["max_new_tokens"] == 9 and kw["until"](GOLD[len(prefix):]) for kw in seen)
+    assert not seen[0]["until"](GOLD[len(prefix):-2])
+    evaluate_plans(planned_model, tokenizer, items, ["p"], spec=spec, max_new_tokens=10_000)
+    longest = len(tokenizer(GOLD, add_special_tokens=False)["input_ids"])
+    assert seen[-1]["max_new_tokens"] == longest - 2 + 16  # nothing can match far past the longest gold plan
+    loss = evaluate_loss(planned_model, tokenizer, PLANNER_DOMAIN, items, [None, "p"], spec=spec)
+    assert all(scores[r].item_nll == loss[r].item_nll and scores[r].loss == loss[r].loss for r in (None, "p"))
 
 
 def test_planning_setup_needs_a_planner():

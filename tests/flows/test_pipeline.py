@@ -11,8 +11,9 @@ import yaml
 from ccoe import registry
 from ccoe.config import PipelineSpec, load_yaml
 from ccoe.manifest import PLANNER_DOMAIN
+from ccoe.pipeline import held_out_items
 from flows.pipeline import TrainingOverrides, pipeline, retrain_expert
-from tests.flows.conftest import tiny_config
+from tests.flows.conftest import TINY, tiny_config
 
 
 @pytest.fixture
@@ -52,9 +53,12 @@ def test_pipeline_trains_merges_evaluates_and_promotes_then_skips_unchanged_data
 
 
 def test_the_pipeline_trains_the_planner_and_the_learned_router_into_the_candidate(tmp_path, prefect_harness):
+    gate = load_yaml(PipelineSpec, TINY).gate
+    gate = gate.model_dump() | {"basis": gate.basis | {PLANNER_DOMAIN: "loss"}}  # after 3 steps it writes no plan yet
     config = tiny_config(tmp_path, planner={"composed": 6, "per_domain": 3, "max_length": 96, "layers": {"strategy": "top", "k": 1},
+                                            "max_new_tokens": 24,
                                             "training": {"max_steps": 3, "batch_size": 2, "learning_rate": 1.0e-3, "log_every_n_steps": 1}},
-                         learned_router={"per_domain": 12, "per_general_set": 1, "views": False, "steps": 30})
+                         learned_router={"per_domain": 12, "per_general_set": 1, "views": False, "steps": 30}, gate=gate)
     spec = load_yaml(PipelineSpec, config)
     summary = pipeline(str(config))
     assert sorted(summary["trained"]) == ["law", "math", "planner", "sql"] and summary["failures"] == {}
@@ -62,7 +66,8 @@ def test_the_pipeline_trains_the_planner_and_the_learned_router_into_the_candida
     assert manifest.experts["planner"].domain == PLANNER_DOMAIN and sorted(manifest.routable_experts()) == ["law", "math", "sql"]
     assert manifest.router_is_current() and manifest.learned_router.experts == ["law", "math", "sql"]
     planning = next(e for e in summary["rows"] if e["domain"] == PLANNER_DOMAIN)
-    assert planning["basis"] == "loss" and planning["candidate_route"] == "planner"  # judged on its held-out plans
+    assert planning["basis"] == "loss" and planning["candidate_route"] == "planner"  # judged on its held-out plans' NLL, as asked
+    assert planning["base_metric"] == 0.0 and planning["candidate_metric"] is not None and planning["n"] == len(held_out_items(spec, PLANNER_DOMAIN)[0])  # the plain backbone writes no plan
     routing = next(e for e in summary["rows"] if e["domain"] == "routing")  # the learned gate against the rules alone
     assert routing["reference"] == "rules" and routing["n"] == 24 and routing["ok"] == (routing["diff_high"] >= 0)
     again = pipeline(str(config))
