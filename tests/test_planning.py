@@ -222,7 +222,10 @@ def test_evaluate_plans_scores_the_primed_plans_each_route_writes_and_the_gold_n
     assert scores["p"].metric == 1.0 and scores["p"].item_scores == (1.0, 1.0)
     assert scores[None].metric == 0.5 and scores[None].item_scores == (1.0, 0.0)
     assert all(kw["prefix_ids"] == [7, 8] and kw["max_new_tokens"] == 9 and kw["until"](GOLD[len(prefix):]) for kw in seen)
-    assert not seen[0]["until"](GOLD[len(prefix):-2])
+    until = seen[0]["until"]
+    assert not until(GOLD[len(prefix):-2]) and not until(" ".join(GOLD[len(prefix):40]))  # still on a gold plan, spacing aside
+    rest = PLAN_START[len(prefix):]
+    assert not until(rest + "ma") and until(rest + 'sql", "task": "How many employees')  # off both gold plans: it cannot be right
     evaluate_plans(planned_model, tokenizer, items, ["p"], spec=spec, max_new_tokens=10_000)
     longest = len(tokenizer(GOLD, add_special_tokens=False)["input_ids"])
     assert seen[-1]["max_new_tokens"] == longest - 2 + 16  # nothing can match far past the longest gold plan
