@@ -408,8 +408,8 @@ def plan_matches(gold: str, text: str) -> float:
 def evaluate_plans(model: CCoEModel, tokenizer, items: Sequence[dict], routes: Sequence[Route], *, spec: DataSpec,
                    max_new_tokens: int = 192, batch_size: int = 8, generation_batch_size: int = 32) -> dict[Route, DomainScore]:
     """The gate's evidence for a planner: per route (None: the plain backbone), the held-out NLL of the
-    gold plans and plan accuracy (`plan_matches`) of the plan it writes for each query, primed and
-    stopped exactly as `plan_queries` does when serving. `items`: {prompt: query, response: gold plan
+    gold plans and plan accuracy (`plan_matches`) of the plan it writes for each query, primed as
+    `plan_queries` primes it when serving (stopped earlier, see below). `items`: {prompt: query, response: gold plan
     JSON} (the planner's validation split); `spec`: its DataSpec. Returns {route: DomainScore} with
     `metric` = plan accuracy, so the gate judges a retrained planner on the plans it writes.
 
