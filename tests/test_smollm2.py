@@ -73,6 +73,7 @@ def test_the_calculator_triggers_on_the_real_tokenizer_and_writes_the_value(smol
     assert tokens[-1] in calculator.triggers
     assert smollm2.tokenizer.decode(calculator(tokens)) == " 56211"
     assert calculator(smollm2.tokenizer("The sum of two numbers", add_special_tokens=False)["input_ids"]) == []
+    assert Calculator.for_tokenizer(smollm2.tokenizer) is calculator  # the vocabulary is scanned once per tokenizer
 
 
 def test_plans_are_primed_with_their_whole_fixed_start_on_the_real_tokenizer(smollm2):
