@@ -19,6 +19,7 @@ import torch
 
 from ccoe.data import encode_prompt
 from ccoe.model import CCoEModel, Route
+from ccoe.prompt_states import PromptStates, prefill_with_states, reusable
 
 
 class DecodingTool(Protocol):
@@ -83,6 +84,8 @@ def generate(
     until: Callable[[list[int]], bool] | None = None,
     check_every: int = 8,
     tools: Sequence[DecodingTool | None] | None = None,
+    prompt_states: PromptStates | None = None,
+    record_lengths: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Generate up to `max_new_tokens` per row; returns the new tokens (B, N), `pad_token_id` after EOS.
 
@@ -92,6 +95,10 @@ def generate(
 
     `tools` (one per row, None for none) write tokens into their rows (`DecodingTool`); written
     tokens count against `max_new_tokens` like chosen ones.
+
+    `prompt_states` (`ccoe.prompt_states`): rows whose whole prompt has a state there skip the
+    prefill's layers below `prompt_states.layer`; with `record_lengths` (one per row) the prefill also
+    records each row's first `record_lengths[row]` prompt tokens' state for a later call.
     """
     from transformers import DynamicCache
 
@@ -119,8 +126,11 @@ def generate(
     new_tokens = []
     step_ids = ids
     for step in range(max_new_tokens):
-        out = model(step_ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1,
-                    share_equal_rows=step == 0)
+        if step == 0:
+            out = _prefill(model, ids, mask, positions, routes, cache, prompt_states,
+                           None if record_lengths is None else [record_lengths[row] for row in order])
+        else:
+            out = model(step_ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1)
         token = select_next_token(
             out.logits[:, -1], do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
@@ -140,6 +150,23 @@ def generate(
         positions = positions[:, -1:] + 1
     generated = torch.stack(new_tokens, dim=1) if new_tokens else ids.new_empty((batch, 0))
     return generated[torch.argsort(perm)]
+
+
+def _prefill(model: CCoEModel, ids, mask, positions, routes: list[Route], cache, states: PromptStates | None,
+             record_lengths: list[int] | None):
+    """The first forward of `generate`: equal rows share their lower layers; with `states`, rows with a
+    recorded prompt state skip them and, with `record_lengths`, every row's state is recorded."""
+    layer = states.layer if states is not None else 0
+    if states is None or layer > model.split_layer(routes) or not reusable(model, layer, ids.shape[1]):
+        return model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, share_equal_rows=True)
+    found = states.lookup(ids, mask)
+    if any(state is not None for state in found):
+        return prefill_with_states(model, ids, mask, positions, routes, cache, found, layer)
+    if record_lengths is None:
+        return model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, share_equal_rows=True)
+    out = model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, capture_at=layer)
+    states.record(ids, mask, record_lengths, out.captured, cache)
+    return out
 
 
 def _apply_tools(token: torch.Tensor, new_tokens: list[torch.Tensor], tools: Sequence[DecodingTool | None],
@@ -188,24 +215,30 @@ def generate_text(
     until: Callable[[str], bool] | None = None,
     tools: Sequence[DecodingTool | None] | None = None,
     prefix_ids: Sequence[int] = (),
+    prompt_states: PromptStates | None = None,
+    record: bool = False,
     **sampling,
 ) -> list[Completion]:
     """Batched text generation; prompts routed to different experts share one batch. `until(text)`
     ends a row early once its text so far satisfies it, and `tools` write into their rows (see
     `generate`). `prefix_ids` start every response: they are prefilled with the prompt (one forward
-    instead of a decode step per token) and are not part of the returned text."""
+    instead of a decode step per token) and are not part of the returned text.
+
+    `prompt_states`: prompts recorded there skip their shared layers; `record`: record each prompt's
+    state there (the prompt alone, without `prefix_ids`), for a later call on the same prompts."""
     if tokenizer is None:
         raise ValueError("this backbone has no tokenizer; pass token ids to `generate` instead")
     if len(prompts) != len(experts):
         raise ValueError(f"{len(prompts)} prompts but {len(experts)} expert routes")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, mask = left_pad([encode_prompt(tokenizer, p, use_chat_template) + list(prefix_ids) for p in prompts], pad)
+    encoded = [encode_prompt(tokenizer, p, use_chat_template) for p in prompts]
+    ids, mask = left_pad([e + list(prefix_ids) for e in encoded], pad)
     device = next(model.lm.parameters()).device
     tokens = generate(
         model, ids.to(device), mask.to(device), expert_ids=list(experts), max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
         until=None if until is None else (lambda row: until(tokenizer.decode(row, skip_special_tokens=True))), tools=tools,
-        **sampling,
+        prompt_states=prompt_states, record_lengths=[len(e) for e in encoded] if record else None, **sampling,
     )
     texts = tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)
     return [Completion(p, e, t.strip()) for p, e, t in zip(prompts, experts, texts)]

@@ -37,6 +37,7 @@ Route = str | None
 class CCoEOutput:
     logits: torch.Tensor
     past_key_values: object | None = None
+    captured: torch.Tensor | None = None  # (B, T, H) entering layer `capture_at`, when asked for
 
 
 @dataclass
@@ -319,18 +320,37 @@ class CCoEModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         logits_to_keep: int | None = None,
         share_equal_rows: bool = False,
+        hidden_states: torch.Tensor | None = None,
+        start: int = 0,
+        capture_at: int | None = None,
     ) -> CCoEOutput:
         """Logits (B, T', V) with each row run through its expert's layers (None = backbone).
 
         `share_equal_rows`: rows with equal input ids, mask and positions (one prompt under several
         experts, as evaluation scores it) run the layers below the lowest expert layer once, and the
         result and those layers' KV cache are copied to each of them. Same logits and cache as
-        without (up to float rounding); what generation's prefill uses."""
-        embeds = self.lm.model.embed_tokens(input_ids)
+        without (up to float rounding); what generation's prefill uses.
+
+        `hidden_states` (B, T, H) entering layer `start`: the layers below are not run (their KV cache
+        entries, if any, are the caller's to write: `ccoe.prompt_states`); `start` must not be above
+        any routed expert's lowest layer. `capture_at`: also return the hidden states entering that
+        layer (`CCoEOutput.captured`), e.g. to reuse a prompt's shared layers in a later call."""
         groups = self._groups(input_ids.shape[0], expert, expert_ids, input_ids.device)
+        if hidden_states is None:
+            embeds, start = self.lm.model.embed_tokens(input_ids), 0
+        else:
+            lowest = min((min(e.layer_indices) for _, e in groups if e is not None), default=self.num_layers)
+            if start > lowest:
+                raise ValueError(f"start layer {start} is above the lowest expert layer of this batch ({lowest})")
+            embeds = hidden_states
         ctx = self._context(embeds, attention_mask, position_ids, past_key_values)
-        start = 0
-        if share_equal_rows:
+        if capture_at is not None:
+            if not start <= capture_at <= self.num_layers:
+                raise ValueError(f"capture_at={capture_at} is outside layers [{start}, {self.num_layers}]")
+            captured = self._layers(embeds, ctx, groups, start, capture_at)
+            hidden = self._layers(captured, ctx, groups, capture_at, self.num_layers)
+            return CCoEOutput(self._head(hidden, logits_to_keep), past_key_values, captured)
+        if share_equal_rows and hidden_states is None:
             embeds, start = self._shared_rows_prefix(input_ids, attention_mask, embeds, ctx, groups)
         hidden = self._layers(embeds, ctx, groups, start, self.num_layers)
         return CCoEOutput(self._head(hidden, logits_to_keep), past_key_values)
@@ -371,16 +391,17 @@ class CCoEModel(nn.Module):
         owned = [min(self._expert(n).layer_indices) for n in experts if n is not None]
         return min(owned, default=self.num_layers)
 
-    def prefix_hidden_states(self, input_ids, attention_mask=None, stop: int | None = None, position_ids=None) -> torch.Tensor:
+    def prefix_hidden_states(self, input_ids, attention_mask=None, stop: int | None = None, position_ids=None, cache=None) -> torch.Tensor:
         """Backbone hidden states (B, T, H) entering layer `stop`, computed without autograd.
 
         `attention_mask` is (B, T) padding, or a custom (B, 1, T, T) boolean mask (True = may attend)
         with its `position_ids` (B, T): e.g. packed multiple-choice rows (`ccoe.data.collate_choices`).
+        `cache` (an empty DynamicCache), if given, receives the KV entries of layers [0, stop).
         """
         stop = self.num_layers if stop is None else stop
         with torch.no_grad():
             embeds = self.lm.model.embed_tokens(input_ids)
-            ctx = self._context(embeds, attention_mask, position_ids, None)
+            ctx = self._context(embeds, attention_mask, position_ids, cache)
             return self._layers(embeds, ctx, [(slice(None), None)], 0, stop)
 
     def hidden_from(

@@ -34,6 +34,7 @@ from ccoe.evaluate import DomainScore, evaluate_loss, generation_batches
 from ccoe.generation import generate_text
 from ccoe.manifest import PLANNER_DOMAIN, Manifest
 from ccoe.model import CCoEModel, Route
+from ccoe.prompt_states import PromptStates
 
 MAX_STEPS = 4
 REFERENCE = re.compile(r"\{(\d+)\}")
@@ -239,9 +240,12 @@ def execute_plans(
     tools: Mapping[str | None, StepTool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     key: Callable[[str | None], str | None] = lambda name: name,
+    states: PromptStates | None = None,
 ) -> list[PlanResult]:
     """Run every plan; wave i generates step i of all plans that have one in one mixed-expert batch.
     `key` maps an expert's name to its route in `model` (a server keys experts by blob content).
+    `states`: prompt states the planner recorded (`plan_queries`); a step whose prompt is the whole
+    query reuses its pass through the shared layers.
     `tools` holds each domain's StepTool; the `None` entry, if any, serves steps of no domain (the
     backbone) and domains without a tool (default: the text as it is, no calculator).
 
@@ -279,7 +283,7 @@ def execute_plans(
             untils = {id(tool.until): tool.until for _, _, tool, _ in group}
             until = None if None in untils.values() or len(untils) != 1 else next(iter(untils.values()))
             done = generate_text(model, tokenizer, [p for *_, p in group], [key(s.expert) for _, s, _, _ in group],
-                                 max_new_tokens=budget, until=until,
+                                 max_new_tokens=budget, until=until, prompt_states=states,
                                  tools=[calculator if tool.calculator else None for _, _, tool, _ in group])
             for (row, step, tool, prompt), completion in zip(group, done):
                 answer = tool.resolve(completion.text)
@@ -318,9 +322,11 @@ def plan_queries(
     setup: PlanningSetup,
     route: Callable[[str], tuple[str | None, str | None]],
     key: Callable[[str | None], str | None] = lambda name: name,
+    states: PromptStates | None = None,
 ) -> list[Plan]:
     """The planner expert's plan for each query (one batch); an invalid plan becomes a one-step plan
     to `route(query)` -> (domain, expert), with the reason in `Plan.fallback`. `key`: as in `execute_plans`.
+    `states`: where to record each query's pass through the shared layers, for `execute_plans`.
 
     Every plan starts `{"steps": [{"domain": "`: those tokens are prefilled with the query
     (`plan_prefix`) and the planner decodes from the first domain name on, with `plan_complete` asked
@@ -328,7 +334,7 @@ def plan_queries(
     prefix_ids, prefix = plan_prefix(tokenizer, setup.experts)
     completions = generate_text(model, tokenizer, list(queries), [key(setup.planner)] * len(queries),
                                 max_new_tokens=setup.max_new_tokens, until=lambda text: plan_complete(prefix + text),
-                                prefix_ids=prefix_ids, check_every=2)
+                                prefix_ids=prefix_ids, check_every=2, prompt_states=states, record=states is not None)
     plans = []
     for query, completion in zip(queries, completions):
         try:
@@ -387,7 +393,17 @@ def plan_and_run(model: CCoEModel, tokenizer, manifest: Manifest, router, querie
         return decision.domain, decision.expert
 
     key = (lambda name: name) if keys is None else (lambda name: None if name is None else keys[name])
-    return execute_plans(model, tokenizer, queries, plan_queries(model, tokenizer, queries, setup, route, key), tools, key=key)
+    states = shared_states(model, [key(name) for name in [setup.planner, *setup.experts.values()]])
+    plans = plan_queries(model, tokenizer, queries, setup, route, key, states)
+    return execute_plans(model, tokenizer, queries, plans, tools, key=key, states=states)
+
+
+def shared_states(model: CCoEModel, routes: Sequence[str | None]) -> PromptStates | None:
+    """A store for prompts' passes through the layers below every one of these experts (None when an
+    expert starts at layer 0: nothing is shared). Why not the whole model's lowest expert layer: a
+    step never runs an expert the setup does not name."""
+    layer = model.split_layer(list(routes))
+    return PromptStates(layer) if 0 < layer < model.num_layers else None
 
 
 # -- judging a planner ---------------------------------------------------------------------------------
