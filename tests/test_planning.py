@@ -252,13 +252,30 @@ def test_composed_tasks_have_exact_answers_and_valid_gold_plans():
     for task in tasks:
         assert run_readonly(db, task.gold_sql) == [(task.count,)] and 1 <= task.count <= 99
         problem, count = task.steps[1][1], task.count
-        price = re.fullmatch(r"A shop sells notebooks for \$(\d+) each\. \w+ buys \{1\} notebooks\. .*", problem)
-        boxes = re.fullmatch(r"There are \{1\} boxes with (\d+) \w+ in each box\. .*", problem)
-        for match in (price, boxes):
-            if match:
-                assert task.answer == str(count * int(match.group(1)))
-                checked += 1
+        price = re.fullmatch(r"A shop sells notebooks for \$(\d+) each\. \w+ buys \{1\} notebooks and pays with a \$(\d+) bill\. .*", problem)
+        boxes = re.fullmatch(r"There are \{1\} boxes with (\d+) \w+ in each box\. (\d+) of the \w+ are damaged\. .*", problem)
+        if price:
+            assert task.answer == str(int(price.group(2)) - count * int(price.group(1)))
+            checked += 1
+        if boxes:
+            assert task.answer == str(count * int(boxes.group(1)) - int(boxes.group(2)))
+            checked += 1
     assert checked >= 5
+
+
+def test_a_composed_math_step_is_one_of_the_math_domains_own_problems():
+    """With N written as the count, every composed math step reads like a problem the math expert
+    trained on (numbers, names and items aside), and several templates are used."""
+    from ccoe.domains.math import ITEMS, NAMES, problem
+
+    def shape(text):
+        text = re.sub(r"\d+", "#", text)
+        return re.sub(r"\b(" + "|".join(NAMES + ITEMS) + r")\b", "_", text)
+
+    r = random.Random(0)
+    domain = {shape(problem(r)["prompt"]) for _ in range(3000)}
+    composed = [shape(t.steps[1][1].replace("{1}", str(t.count))) for t in composed_tasks(3, 200)]
+    assert set(composed) <= domain and len(set(composed)) >= 8
 
 
 def test_benchmark_tasks_exclude_training_queries():
