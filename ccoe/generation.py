@@ -155,9 +155,11 @@ def generate(
 def _prefill(model: CCoEModel, ids, mask, positions, routes: list[Route], cache, states: PromptStates | None,
              record_lengths: list[int] | None):
     """The first forward of `generate`: equal rows share their lower layers; with `states`, rows with a
-    recorded prompt state skip them and, with `record_lengths`, every row's state is recorded."""
+    recorded prompt state skip them, and otherwise, with `record_lengths`, every row's state is
+    recorded (a batch that reuses records nothing: in planning the recording call is the planner's,
+    whose prompts have no states yet)."""
     layer = states.layer if states is not None else 0
-    if states is None or layer > model.split_layer(routes) or not reusable(model, layer, ids.shape[1]):
+    if states is None or layer > model.split_layer(routes) or not reusable(cache, layer, ids.shape[1]):
         return model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, share_equal_rows=True)
     found = states.lookup(ids, mask)
     if any(state is not None for state in found):

@@ -110,12 +110,12 @@ class PromptStates:
         return found
 
 
-def reusable(model, layer: int, width: int) -> bool:
-    """True when a plain prefill of `width` positions keeps every position in layers [0, layer): a
-    sliding-window layer's cache holds only its last `sliding_window - 1` positions."""
-    window = getattr(model.backbone.config, "sliding_window", None)
-    sliding = any(kind == "sliding_attention" for kind in model._layer_types[:layer])
-    return not sliding or window is None or width < window
+def reusable(cache, layer: int, width: int) -> bool:
+    """True when a plain prefill of `width` positions into this (empty) cache keeps every position in
+    layers [0, layer): a sliding-window layer keeps only its last `sliding_window - 1` positions. Read
+    from the cache's own layers, which transformers built from the config, so the two cannot disagree."""
+    layers = cache.layers[:layer]
+    return len(layers) == layer and all(not getattr(kept, "is_sliding", False) or width < kept.sliding_window for kept in layers)
 
 
 def prefill_with_states(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, routes: Sequence,

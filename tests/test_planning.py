@@ -12,6 +12,7 @@ import torch
 
 from ccoe.config import LayerSelection, PlannerSpec
 from ccoe.domains.composed import composed_tasks, planner_rows, planner_training_rows
+from ccoe.domains.math import WITH_FIRST
 from ccoe.domains.sql import database_path, run_readonly
 from ccoe.data import encode_prompt
 from ccoe.expert import create_expert
@@ -261,6 +262,22 @@ def test_composed_tasks_have_exact_answers_and_valid_gold_plans():
             assert task.answer == str(count * int(boxes.group(1)) - int(boxes.group(2)))
             checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("template", WITH_FIRST, ids=lambda t: t.__name__)
+@pytest.mark.parametrize("seed", range(20))
+def test_a_given_first_quantity_answers_as_if_the_template_had_drawn_it(template, seed):
+    """`first=x` writes N in the question and answers for x: given the number the template drew itself,
+    the question reads the same once N is that number, and the answer is the same."""
+    question, _, answer = template(random.Random(seed))
+    matches = []
+    for number in dict.fromkeys(re.findall(r"\d+", question)):
+        given = template(random.Random(seed), first=int(number))
+        if given is not None and re.sub(r"\bN\b", number, given[0]) == question:
+            matches.append((number, given[2]))
+    assert matches and all(given == answer for _, given in matches)
+    shown = template(random.Random(seed), first=1)
+    assert shown is None or len(re.findall(r"\bN\b", shown[0])) == 1
 
 
 def test_a_composed_math_step_is_one_of_the_math_domains_own_problems():

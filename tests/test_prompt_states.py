@@ -126,3 +126,33 @@ def test_one_step_plans_reuse_the_planners_pass_and_answer_as_without(top_model,
     assert states.hits == 2  # the two whole-query steps; the framed task "sum of two" is not a recorded prompt
     assert with_states == execute_plans(model, tokenizer, queries, given, tools)
     assert shared_states(model, [None]) is None and shared_states(model, ["p", None]).layer == 2
+
+
+def test_sliding_window_layers_reuse_states_of_prompts_inside_their_window():
+    """Gemma 3's sliding layers (window 4 here) keep a whole state when the prefill fits the window:
+    recorded from 2 + 1 tokens, reused for 1-2 token prompts, with logits, cache and tokens as a plain run."""
+    from ccoe.backbone import load_backbone
+    from ccoe.model import CCoEModel
+    from tests.conftest import tiny_spec
+
+    model = CCoEModel(load_backbone(tiny_spec("gemma3_text")))
+    for seed, name in enumerate(("a", "p"), 1):
+        model.push_expert(perturb(create_expert(model.backbone, name, "math", LayerSelection(strategy="top", k=2)), scale=0.3, seed=seed))
+    prompts = [[5, 6], [7]]
+    states = _recorded(model, prompts, suffix=(40,))
+    assert len(states) == 2
+    ids, mask = left_pad(prompts, pad_token_id=0)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    caches = [DynamicCache(config=model.backbone.config) for _ in range(2)]
+    with torch.no_grad():
+        reused = prefill_with_states(model, ids, mask, positions, ["a", None], caches[0], states.lookup(ids, mask), states.layer)
+        plain = model(ids, mask, expert_ids=["a", None], past_key_values=caches[1], position_ids=positions, logits_to_keep=1)
+    torch.testing.assert_close(reused.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    real = mask.bool()
+    for mine, theirs in zip(caches[0].layers, caches[1].layers):
+        assert mine.is_sliding == theirs.is_sliding and mine.get_seq_length() == theirs.get_seq_length()
+        torch.testing.assert_close(mine.keys.transpose(1, 2)[real], theirs.keys.transpose(1, 2)[real], atol=1e-5, rtol=1e-5)
+    assert any(layer.is_sliding for layer in caches[0].layers[: states.layer])
+    fresh = generate(model, ids, mask, expert_ids=["a", None], max_new_tokens=5)
+    assert generate(model, ids, mask, expert_ids=["a", None], max_new_tokens=5, prompt_states=states).tolist() == fresh.tolist()
+    assert states.hits == 4  # both rows looked up above, and both again in generate

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ccoe.config import PlannerSpec
 from ccoe.domains.base import write_jsonl
-from ccoe.domains.math import ITEMS, NAMES
+from ccoe.domains.math import WITH_FIRST
 from ccoe.domains.sources import data_root
 from ccoe.domains.sql import COUNT_KINDS, database_path, question_values, run_readonly, sql_question
 from ccoe.manifest import PLANNER_DOMAIN
@@ -58,58 +58,19 @@ class ComposedTask:
 
 
 def _word_problem(r: random.Random, x: int) -> tuple[str, int] | None:
-    """One of the math domain's own templates (`ccoe.domains.math`, word for word) with N in the place of
-    its first quantity, standing for x; and its answer. None when x does not fit the template (a bill
-    smaller than the purchase).
+    """One of the math domain's own templates (`ccoe.domains.math.WITH_FIRST`, called with `first=x`)
+    with N in the place of its first quantity, standing for x; and its answer. None when x does not
+    fit the template (a bill smaller than the purchase, a negative count).
 
     Why the domain's templates: a composed task should hand each expert a task of its own domain.
     Earlier one-step variants of them ("There are N boxes with 6 pens in each box. How many pens are
     there in all?") were not in the math expert's data, and it answered them as the nearest template
     it knew, adding that template's second step."""
-    name, item = r.choice(NAMES), r.choice(ITEMS)
-    form = r.randrange(9)
-    if form == 0:  # _p1
-        b, c = r.randint(5, 60), r.randint(1, 40)
-        c = min(c, x + b)
-        return f"{name} has N {item}. {name} buys {b} more and then gives {c} to a friend. How many {item} does {name} have now?", x + b - c
-    if form == 1:  # _p2
-        price = r.randint(2, 25)
-        bill = next((b for b in (20, 50, 100, 200, 500) if b >= price * x), None)
-        if bill is None:
-            return None
-        return (f"A shop sells notebooks for ${price} each. {name} buys N notebooks and pays with a ${bill} bill. "
-                f"How much change does {name} get, in dollars?", bill - price * x)
-    if form == 2:  # _p3
-        h1, s2, h2 = r.randint(1, 6), r.randint(30, 120), r.randint(1, 6)
-        return (f"A train travels at N km per hour for {h1} hours, then at {s2} km per hour for {h2} hours. "
-                "How many kilometres does it travel in total?", x * h1 + s2 * h2)
-    if form == 3:  # _p4
-        per, broken = r.randint(6, 24), r.randint(1, 20)
-        broken = min(broken, x * per)
-        return f"There are N boxes with {per} {item} in each box. {broken} of the {item} are damaged. How many {item} are not damaged?", x * per - broken
-    if form == 4:  # _p8
-        width, cut = r.randint(4, 20), r.randint(1, 4)
-        cut = min(cut, width - 1)
-        return (f"A garden is N metres long and {width} metres wide. A path takes a strip {cut} metres wide along its whole length. "
-                "What area of garden is left, in square metres?", x * (width - cut))
-    if form == 5:  # _p9
-        days, last = r.randint(2, 12), r.randint(1, 30)
-        return f"{name} reads N pages a day for {days} days and then {last} pages on the last day. How many pages does {name} read in all?", x * days + last
-    if form == 6:  # _p10
-        other = r.choice([n for n in NAMES if n != name])
-        times, less = r.randint(2, 6), r.randint(1, 10)
-        if x * times - less < 0:
-            return None
-        return (f"{name} has N {item}. {other} has {less} fewer than {times} times as many as {name}. How many {item} do they have together?",
-                x + x * times - less)
-    if form == 7:  # _p11
-        hours, days, spent = r.randint(2, 8), r.randint(2, 7), r.randint(10, 100)
-        spent = min(spent, x * hours * days)
-        return (f"{name} earns $N an hour and works {hours} hours a day for {days} days, then spends ${spent}. "
-                f"How many dollars does {name} have left?", x * hours * days - spent)
-    start, minutes = r.randint(100, 900), r.randint(5, 40)  # _p12
-    start = max(start, x * minutes)
-    return f"A tank holds {start} litres of water. Water drains out at N litres per minute for {minutes} minutes. How many litres remain?", start - x * minutes
+    made = r.choice(WITH_FIRST)(r, first=x)
+    if made is None:
+        return None
+    question, _, answer = made
+    return question, answer
 
 
 def composed_tasks(seed: int, n: int, exclude: Iterable[str] = ()) -> list[ComposedTask]:

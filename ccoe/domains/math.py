@@ -14,37 +14,48 @@ from dataclasses import dataclass
 from ccoe.config import DomainRules
 from ccoe.domains.base import DataCard
 
+def _first(drawn: int, first: int | None) -> tuple[int, str]:
+    """(value, how the question shows it): the drawn number, or a given one written as N."""
+    return (drawn, str(drawn)) if first is None else (first, "N")
+
+
 NAMES = ["Ava", "Liam", "Maya", "Noah", "Zoe", "Omar", "Lena", "Ravi", "Sofia", "Kenji", "Amara", "Diego", "Nina", "Felix"]
 ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "books", "cards", "shells", "stamps", "balloons"]
 
 
-def _p1(r):
+def _p1(r, first=None):
     n, a, b, c = r.choice(NAMES), r.randint(10, 90), r.randint(5, 60), r.randint(1, 40)
     it = r.choice(ITEMS)
+    a, shown = _first(a, first)
     c = min(c, a + b)
-    q = f"{n} has {a} {it}. {n} buys {b} more and then gives {c} to a friend. How many {it} does {n} have now?"
+    q = f"{n} has {shown} {it}. {n} buys {b} more and then gives {c} to a friend. How many {it} does {n} have now?"
     return q, [f"{a} + {b} = {a + b}", f"{a + b} - {c} = {a + b - c}"], a + b - c
 
 
-def _p2(r):
+def _p2(r, first=None):
     n, price, count = r.choice(NAMES), r.randint(2, 25), r.randint(2, 9)
-    bill = next(x for x in (20, 50, 100, 200, 500) if x >= price * count)
-    q = f"A shop sells notebooks for ${price} each. {n} buys {count} notebooks and pays with a ${bill} bill. How much change does {n} get, in dollars?"
+    count, shown = _first(count, first)
+    bill = next((x for x in (20, 50, 100, 200, 500) if x >= price * count), None)
+    if bill is None:  # only a given count can cost more than the biggest bill
+        return None
+    q = f"A shop sells notebooks for ${price} each. {n} buys {shown} notebooks and pays with a ${bill} bill. How much change does {n} get, in dollars?"
     return q, [f"{count} * {price} = {count * price}", f"{bill} - {count * price} = {bill - count * price}"], bill - count * price
 
 
-def _p3(r):
+def _p3(r, first=None):
     s1, h1, s2, h2 = r.randint(30, 120), r.randint(1, 6), r.randint(30, 120), r.randint(1, 6)
-    q = f"A train travels at {s1} km per hour for {h1} hours, then at {s2} km per hour for {h2} hours. How many kilometres does it travel in total?"
+    s1, shown = _first(s1, first)
+    q = f"A train travels at {shown} km per hour for {h1} hours, then at {s2} km per hour for {h2} hours. How many kilometres does it travel in total?"
     return q, [f"{s1} * {h1} = {s1 * h1}", f"{s2} * {h2} = {s2 * h2}", f"{s1 * h1} + {s2 * h2} = {s1 * h1 + s2 * h2}"], s1 * h1 + s2 * h2
 
 
-def _p4(r):
+def _p4(r, first=None):
     boxes, per, broken = r.randint(3, 15), r.randint(6, 24), r.randint(1, 20)
     it = r.choice(ITEMS)
+    boxes, shown = _first(boxes, first)
     total = boxes * per
     broken = min(broken, total)
-    q = f"There are {boxes} boxes with {per} {it} in each box. {broken} of the {it} are damaged. How many {it} are not damaged?"
+    q = f"There are {shown} boxes with {per} {it} in each box. {broken} of the {it} are damaged. How many {it} are not damaged?"
     return q, [f"{boxes} * {per} = {total}", f"{total} - {broken} = {total - broken}"], total - broken
 
 
@@ -76,34 +87,40 @@ def _p7(r):
     return q, [f"{mean} * {k} = {mean * k}", f"{' + '.join(map(str, scores))} = {sum(scores)}", f"{mean * k} - {sum(scores)} = {last}"], last
 
 
-def _p8(r):
+def _p8(r, first=None):
     length, width, cut = r.randint(5, 30), r.randint(4, 20), r.randint(1, 4)
+    length, shown = _first(length, first)
     cut = min(cut, width - 1)
-    q = f"A garden is {length} metres long and {width} metres wide. A path takes a strip {cut} metres wide along its whole length. What area of garden is left, in square metres?"
+    q = f"A garden is {shown} metres long and {width} metres wide. A path takes a strip {cut} metres wide along its whole length. What area of garden is left, in square metres?"
     return q, [f"{width} - {cut} = {width - cut}", f"{length} * {width - cut} = {length * (width - cut)}"], length * (width - cut)
 
 
-def _p9(r):
+def _p9(r, first=None):
     n, pages, days, last = r.choice(NAMES), r.randint(5, 40), r.randint(2, 12), r.randint(1, 30)
-    q = f"{n} reads {pages} pages a day for {days} days and then {last} pages on the last day. How many pages does {n} read in all?"
+    pages, shown = _first(pages, first)
+    q = f"{n} reads {shown} pages a day for {days} days and then {last} pages on the last day. How many pages does {n} read in all?"
     return q, [f"{pages} * {days} = {pages * days}", f"{pages * days} + {last} = {pages * days + last}"], pages * days + last
 
 
-def _p10(r):
+def _p10(r, first=None):
     a, times, less = r.randint(3, 30), r.randint(2, 6), r.randint(1, 10)
     n1, n2 = r.sample(NAMES, 2)
     it = r.choice(ITEMS)
+    a, shown = _first(a, first)
     b = a * times - less
-    q = f"{n1} has {a} {it}. {n2} has {less} fewer than {times} times as many as {n1}. How many {it} do they have together?"
+    if first is not None and b < 0:
+        return None
+    q = f"{n1} has {shown} {it}. {n2} has {less} fewer than {times} times as many as {n1}. How many {it} do they have together?"
     return q, [f"{a} * {times} = {a * times}", f"{a * times} - {less} = {b}", f"{a} + {b} = {a + b}"], a + b
 
 
-def _p11(r):
+def _p11(r, first=None):
     wage, hours, days, spent = r.randint(8, 30), r.randint(2, 8), r.randint(2, 7), r.randint(10, 100)
+    wage, shown = _first(wage, first)
     earned = wage * hours * days
     spent = min(spent, earned)
     n = r.choice(NAMES)
-    q = f"{n} earns ${wage} an hour and works {hours} hours a day for {days} days, then spends ${spent}. How many dollars does {n} have left?"
+    q = f"{n} earns ${shown} an hour and works {hours} hours a day for {days} days, then spends ${spent}. How many dollars does {n} have left?"
     return q, [f"{wage} * {hours} = {wage * hours}", f"{wage * hours} * {days} = {earned}", f"{earned} - {spent} = {earned - spent}"], earned - spent
 
 
@@ -116,6 +133,10 @@ def _p12(r):
 
 
 TEMPLATES = [_p1, _p2, _p3, _p4, _p5, _p6, _p7, _p8, _p9, _p10, _p11, _p12]
+# Templates whose first quantity can be any count 1-99 given from outside, written "N" in the question
+# (`first=`): composed tasks (`ccoe.domains.composed`) feed an SQL count into them. The others would
+# need their other numbers to change with it (shares, a sale price, test scores, the tank's contents).
+WITH_FIRST = (_p1, _p2, _p3, _p4, _p8, _p9, _p10, _p11)
 
 
 def final_number(text: str) -> str | None:
