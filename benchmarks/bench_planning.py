@@ -122,7 +122,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "planning.md")
     p.add_argument("--work", type=Path, default=ROOT / "out" / "bench-planning")
-    p.add_argument("--composed", type=int, default=40)
+    p.add_argument("--composed", type=int, default=80)
     p.add_argument("--single", type=int, default=20, help="held-out items per domain for the single-domain check")
     p.add_argument("--calculator", action=argparse.BooleanOptionalAction, default=True,
                    help="every system decodes its non-SQL rows with the calculator (ccoe.calculator), as planned math steps do")
