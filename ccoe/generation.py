@@ -158,17 +158,15 @@ def _prefill(model: CCoEModel, ids, mask, positions, routes: list[Route], cache,
     recorded prompt state skip them, and otherwise, with `record_lengths`, every row's state is
     recorded (a batch that reuses records nothing: in planning the recording call is the planner's,
     whose prompts have no states yet)."""
-    layer = states.layer if states is not None else 0
-    if states is None or layer > model.split_layer(routes) or not reusable(cache, layer, ids.shape[1]):
-        return model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, share_equal_rows=True)
-    found = states.lookup(ids, mask)
-    if any(state is not None for state in found):
-        return prefill_with_states(model, ids, mask, positions, routes, cache, found, layer)
-    if record_lengths is None:
-        return model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, share_equal_rows=True)
-    out = model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, capture_at=layer)
-    states.record(ids, mask, record_lengths, out.captured, cache)
-    return out
+    if states is not None and states.layer <= model.split_layer(routes) and reusable(cache, states.layer, ids.shape[1]):
+        found = states.lookup(ids, mask)
+        if any(state is not None for state in found):
+            return prefill_with_states(model, ids, mask, positions, routes, cache, found, states.layer)
+        if record_lengths is not None:
+            out = model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, capture_at=states.layer)
+            states.record(ids, mask, record_lengths, out.captured, cache)
+            return out
+    return model(ids, mask, expert_ids=routes, past_key_values=cache, position_ids=positions, logits_to_keep=1, share_equal_rows=True)
 
 
 def _apply_tools(token: torch.Tensor, new_tokens: list[torch.Tensor], tools: Sequence[DecodingTool | None],
