@@ -43,7 +43,8 @@ class PromptStates:
     """States of prompts (by token ids) at one layer; records stop once `max_bytes` are held.
 
     `layer` must not be above the lowest layer of any expert that records or reuses a state, so the
-    layers below it are the backbone's for every row (`plan_and_run` picks the artifact's lowest).
+    layers below it are the backbone's for every row (`plan_and_run` takes the lowest first layer of the
+    planner and the experts its plans can name, `ccoe.planning.shared_states`).
     """
 
     def __init__(self, layer: int, max_bytes: int = 256 * 2**20):
