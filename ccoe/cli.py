@@ -217,7 +217,7 @@ def given_prompts(items: list[str] | None) -> dict[str, list[str]]:
 def _cmd_router_train(args) -> int:
     from ccoe.artifact import stage_router
     from ccoe.config import LearnedRouterSpec
-    from ccoe.domains.general import domain_examples, general_prompts
+    from ccoe.domains.general import router_examples
     from ccoe.learned_router import SentenceEncoder, domain_prompts, train_learned_router, training_set
     from ccoe.manifest import blob_store_for, merge, read_manifest, verify_present, write_manifest
     from ccoe.storage import BlobStore
@@ -229,8 +229,8 @@ def _cmd_router_train(args) -> int:
         return 2
     given = given_prompts(args.prompts)
     experts = {name: entry.domain for name, entry in manifest.routable_experts().items()}
-    data = training_set(domain_prompts(experts.values(), given), general_prompts(spec.per_general_set), spec,
-                        domain_examples(experts.values(), spec.per_domain_set))
+    examples = router_examples(experts.values(), spec)
+    data = training_set(domain_prompts(experts.values(), given), examples.general, spec, examples.extra)
     print(f"embedding {len(data.texts)} training texts ({', '.join(data.classes)})", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:

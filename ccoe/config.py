@@ -213,9 +213,17 @@ class LearnedRouterSpec(Spec):
     per_general_set: int = Field(40, ge=1, description="out-of-domain prompts per general set (22 sets)")
     per_domain_set: int = Field(40, ge=0, description="extra prompts per set of a built-in domain's other-wording sets "
                                 "(ccoe.domains.sources.DOMAIN_SETS: derivatives, CSS selectors, real-estate law, doses, ...); 0: none")
+    per_user_set: int = Field(200, ge=0, description="user-phrased questions per offline set (consumer health searches, "
+                              "terms-of-service questions; finance and search-engine questions out of domain: "
+                              "ccoe.domains.sources.USER_SETS); 0: none")
+    per_domain_topic: int = Field(60, ge=0, description="MMLU questions per topic of a built-in domain (sources.MMLU_TOPICS); 0: none")
+    per_general_topic: int = Field(15, ge=0, description="MMLU questions per topic outside the domains, as out-of-domain examples; 0: none")
+    generated: int = Field(300, ge=0, description="generated user-style questions for code and for sql (ccoe.domains.phrasings): "
+                           "no offline set asks them as users do; 0: none")
     views: bool = Field(True, description="also train on each prompt's first paragraph and first sentence: "
                         "users write short questions, training prompts are long and formatted")
-    threshold: float = Field(0.6, gt=0.0, lt=1.0, description="below it the rules decide")
+    threshold: float = Field(0.25, gt=0.0, lt=1.0, description="below it the rules decide (six classes: 1/6 is a coin toss; "
+                             "0.25 routed the development query sets best, BENCHMARKS.md)")
     l2: float = Field(1e-3, ge=0.0, description="L2 penalty on the weights (sum of squares)")
     steps: int = Field(300, ge=1, description="L-BFGS iterations")
     batch_size: int = Field(32, ge=1, description="prompts per encoder forward")

@@ -187,12 +187,12 @@ def train_pipeline_router(spec: PipelineSpec, trained: list[TrainedExpert], cham
     if current and all(t.entry.domain == PLANNER_DOMAIN for t in trained):
         return None
     from ccoe.artifact import stage_router
-    from ccoe.domains.general import domain_examples, general_prompts
+    from ccoe.domains.general import router_examples
     from ccoe.learned_router import SentenceEncoder, domain_prompts, train_learned_router, training_set
 
     settings = spec.learned_router
-    data = training_set(domain_prompts(experts.values(), custom_prompts(spec)), general_prompts(settings.per_general_set), settings,
-                        domain_examples(experts.values(), settings.per_domain_set))
+    examples = router_examples(experts.values(), settings)
+    data = training_set(domain_prompts(experts.values(), custom_prompts(spec)), examples.general, settings, examples.extra)
     fit = train_learned_router(SentenceEncoder(), data, settings)
     metrics = {"validation_accuracy": fit.validation_accuracy, "train_accuracy": fit.train_accuracy, "validation_n": fit.validation_n}
     return stage_router(BlobStore(spec.storage), fit.router, experts, metrics)

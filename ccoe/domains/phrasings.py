@@ -1,0 +1,137 @@
+"""Generated user-style questions for the learned router's code and sql classes.
+
+Why generate: the router's classes must differ by topic, not by style. The other classes get user-phrased
+questions from offline sets (consumer health searches, questions about terms of service, finance and
+search-engine questions for out-of-domain: `ccoe.domains.general`), but no offline set asks
+programming or SQL questions the way people type them: the code domain's training prompts are
+docstrings and signatures, the sql domain's are a schema plus a request. Without user-phrased examples
+a "how do I ... in Go?" question looks more like the out-of-domain class (everyday questions) than like
+a docstring. These generators fill that gap with combinations of tasks, languages and tools
+(deterministic for a seed; each question distinct).
+
+What they never are: training data for an expert, or anyone's eval set. Routing quality is measured on
+query sets written by other people (`benchmarks/routing/`), never on these.
+"""
+
+from __future__ import annotations
+
+import random
+
+LANGUAGES = ("Python", "JavaScript", "TypeScript", "Go", "Rust", "Java", "C", "C++", "C#", "Ruby", "PHP", "Kotlin", "Swift",
+             "bash", "Scala", "R")
+TASKS = (
+    "read a file line by line", "parse a JSON string", "make an HTTP GET request", "sort a list of objects by a field",
+    "reverse a string", "remove duplicates from a list", "catch and log exceptions", "write a unit test for a function",
+    "start a small web server", "format a date as ISO 8601", "split a string on commas", "read environment variables",
+    "run a shell command and capture its output", "start a background thread", "wait for several async tasks",
+    "read a CSV file", "write a list of records to a file", "convert a string to an integer safely", "deep copy an object",
+    "merge two dictionaries", "iterate over a map in insertion order", "define an interface with two implementations",
+    "measure how long a function takes", "hash a password", "generate a random UUID", "compress a folder into a zip file",
+    "parse command-line arguments", "read a YAML config file", "connect to a websocket", "retry a failing network call",
+    "implement a binary search", "implement an LRU cache", "traverse a binary tree", "find the shortest path in a graph",
+    "memoize a recursive function", "stream a large file without loading it into memory", "validate an email address with a regex",
+    "serialize a class to JSON", "upload a file with a multipart request", "schedule a job every five minutes",
+    "write a generator that yields pages of results", "handle a timeout on a socket", "set up logging to a file",
+    "mock a dependency in a test", "profile memory usage", "send an email", "read from standard input until EOF",
+)
+ERRORS = (
+    "IndexError: list index out of range", "KeyError when reading a dict", "TypeError: cannot read properties of undefined",
+    "NullPointerException", "segmentation fault (core dumped)", "a borrow checker error: cannot borrow as mutable",
+    "ModuleNotFoundError: No module named", "undefined reference to main", "a deadlock between two goroutines",
+    "ConcurrentModificationException", "SyntaxError: unexpected token", "a stack overflow from deep recursion",
+    "an off-by-one error in a loop", "a race condition in my counter", "CORS error: no Access-Control-Allow-Origin header",
+    "UnicodeDecodeError: 'utf-8' codec can't decode byte", "a memory leak", "an infinite loop", "a merge conflict",
+    "permission denied when running the script", "a failing assertion in my tests", "exit code 137",
+)
+TOOLS = (
+    ("git", ("undo my last commit", "squash three commits", "rebase my branch on main", "resolve a merge conflict",
+             "delete a remote branch", "stash my changes")),
+    ("Docker", ("make my image smaller", "pass environment variables to a container", "mount a folder into a container",
+                "see why my container exits immediately")),
+    ("npm", ("fix peer dependency errors", "publish a package", "run a script before build")),
+    ("pip", ("install from a requirements file", "pin versions", "fix a dependency conflict")),
+    ("React", ("share state between two components", "fetch data when a component mounts", "stop a component from re-rendering")),
+    ("CSS", ("center an element", "make a layout responsive", "create a sticky header")),
+    ("pandas", ("group rows and sum a column", "drop rows with missing values", "join two DataFrames")),
+    ("Kubernetes", ("restart a deployment", "read a pod's logs")),
+    ("VS Code", ("set up a debugger for my project", "format code on save")),
+    ("regex", ("match an IP address", "capture the domain of a URL")),
+)
+CODE_FRAMES = (
+    "How do I {task} in {lang}?", "how to {task} in {lang}", "What's the best way to {task} in {lang}?",
+    "Write a {lang} function to {task}.", "{lang}: {task}?", "Can you show me how to {task} using {lang}?",
+    "In {lang}, what's the idiomatic way to {task}?", "I need to {task} in {lang}, any example?",
+)
+ERROR_FRAMES = (
+    "My {lang} program fails with {error}. How do I fix it?", "getting {error} in {lang}, what does it mean",
+    "Why do I get {error} in my {lang} code?", "{lang} {error} - how to debug this?",
+)
+TOOL_FRAMES = ("How do I {task} with {tool}?", "{tool}: how to {task}", "what's the command to {task} in {tool}?")
+
+
+def code_questions(count: int, seed: int = 0) -> list[str]:
+    """`count` distinct programming questions in user phrasing: how-to (task x language), error messages
+    (error x language) and tool questions (git, Docker, npm, ...), in about 5:3:2 proportion."""
+    rng = random.Random(f"code-phrasings:{seed}")
+    out: dict[str, None] = {}
+    kinds = ("howto",) * 5 + ("error",) * 3 + ("tool",) * 2
+    while len(out) < count:
+        kind = rng.choice(kinds)
+        if kind == "howto":
+            text = rng.choice(CODE_FRAMES).format(task=rng.choice(TASKS), lang=rng.choice(LANGUAGES))
+        elif kind == "error":
+            text = rng.choice(ERROR_FRAMES).format(error=rng.choice(ERRORS), lang=rng.choice(LANGUAGES))
+        else:
+            tool, tasks = rng.choice(TOOLS)
+            text = rng.choice(TOOL_FRAMES).format(task=rng.choice(tasks), tool=tool)
+        out[text[0].upper() + text[1:] if rng.random() < 0.7 else text.lower()] = None
+    return list(out)
+
+
+TABLES = (
+    ("customers", ("country", "city", "email", "company")), ("orders", ("order date", "status", "total")),
+    ("invoices", ("billing country", "invoice date", "total")), ("employees", ("title", "hire date", "manager")),
+    ("tracks", ("genre", "composer", "duration", "unit price")), ("albums", ("artist", "title", "release year")),
+    ("products", ("category", "price", "stock")), ("students", ("grade", "enrollment year", "major")),
+    ("payments", ("method", "amount", "payment date")), ("users", ("signup date", "plan", "last login")),
+)
+SQL_REQUESTS = (
+    "list all {table} where the {column} is {value}", "count the {table} per {column}", "find the top 5 {table} by {column}",
+    "get the average {column} of {table} per year", "show {table} with no matching {other}", "join {table} with {other}",
+    "find duplicate {table} by {column}", "rank {table} by {column} within each group", "get the total {column} per month",
+    "delete {table} older than a year", "return the second highest {column} in {table}", "list {table} sorted by {column}",
+)
+SQL_FRAMES = (
+    "Write a SQL query to {request}.", "sql query to {request}", "How do I {request} in SQL?",
+    "Give me the query that will {request}.", "Can you write a query to {request}?", "{request} - what's the SQL for that?",
+)
+SQL_CONCEPTS = (
+    "What's the difference between WHERE and HAVING?", "When should I use a LEFT JOIN instead of an INNER JOIN?",
+    "What does GROUP BY do?", "How does a window function like ROW_NUMBER() work?", "What is a correlated subquery?",
+    "When should I add an index to a table?", "What's the difference between UNION and UNION ALL?",
+    "How do I write a common table expression (WITH clause)?", "What is a primary key vs a foreign key?",
+    "Why does my query with GROUP BY say the column must appear in the aggregate?", "How do NULLs behave in COUNT()?",
+    "What's a self join and when do I need one?", "How do I pivot rows into columns in SQL?",
+    "What's the difference between DELETE, TRUNCATE and DROP?", "How do I paginate results with LIMIT and OFFSET?",
+)
+VALUES = ("'Canada'", "greater than 100", "null", "in 2021", "'active'", "between 10 and 20", "'Rock'")
+
+
+def sql_questions(count: int, seed: int = 0) -> list[str]:
+    """`count` distinct SQL questions in user phrasing: requests over everyday tables (customers,
+    invoices, tracks, ...) and, one in six, a question about a SQL concept."""
+    rng = random.Random(f"sql-phrasings:{seed}")
+    out: dict[str, None] = {}
+    concepts = list(SQL_CONCEPTS)
+    while len(out) < count:
+        if concepts and rng.random() < 1 / 6:
+            text = concepts.pop(rng.randrange(len(concepts)))
+        else:
+            (table, columns), (other, _) = rng.sample(TABLES, 2)
+            request = rng.choice(SQL_REQUESTS).format(table=table, column=rng.choice(columns), other=other, value=rng.choice(VALUES))
+            text = rng.choice(SQL_FRAMES).format(request=request)
+        out[text[0].upper() + text[1:] if rng.random() < 0.7 else text.lower()] = None
+    return list(out)
+
+
+GENERATORS = {"code": code_questions, "sql": sql_questions}

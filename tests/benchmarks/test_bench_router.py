@@ -1,0 +1,20 @@
+"""The router report's query sets and its near-duplicate check between the clean test and the development sets."""
+
+import json
+
+from benchmarks.bench_router import HELDOUT, HELDOUT_BLIND, HELDOUT_TEST, heldout, near_duplicates
+
+
+def test_near_duplicates_ignore_case_and_punctuation_and_keep_new_questions():
+    dev = ["What's the difference between a misdemeanor and a felony?", "why is the sky blue"]
+    queries = ["What is the difference between a misdemeanor and a felony", "Why is the sky blue?", "How do I braise short ribs?"]
+    assert near_duplicates(queries, dev) == [True, True, False]
+    assert near_duplicates(queries, dev, cutoff=0.99) == [False, True, False]
+
+
+def test_the_held_out_sets_hold_25_queries_per_domain_and_25_out_of_domain():
+    for path in (HELDOUT_BLIND, HELDOUT_TEST):
+        labels = [label for _, label in heldout(path)]
+        assert len(labels) == 150 and {labels.count(d) for d in ("math", "code", "law", "medical", "sql", None)} == {25}
+    assert len(heldout(HELDOUT)) == 100
+    assert all(json.loads(line)["query"].strip() for line in HELDOUT_TEST.read_text().splitlines())
