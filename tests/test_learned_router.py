@@ -219,3 +219,14 @@ def test_read_queries_names_the_line_that_is_not_json(tmp_path):
     path.write_text('"fine"\n{not json\n')
     with pytest.raises(ValueError, match="line 2: not JSON"):
         read_queries(path)
+
+
+def test_offline_set_lines_that_are_not_json_objects_are_skipped(tmp_path, monkeypatch):
+    from ccoe.domains import general
+
+    rows = tmp_path / "user-Fiqa.jsonl"
+    rows.write_text('not json\n["a list"]\n{"question": 7}\n{"question": " How do I open a Roth IRA? "}\n\n{"question": "Is gold a good hedge?"}\n')
+    monkeypatch.setattr(general, "USER_SETS", {None: {"Fiqa/test.jsonl": "question"}})
+    monkeypatch.setattr(general, "fetch", lambda files: {"user-Fiqa.jsonl": rows})
+    assert general.user_questions(None, 5) == ["How do I open a Roth IRA?", "Is gold a good hedge?"]
+    assert general.user_questions(None, 1) == ["How do I open a Roth IRA?"] and general.user_questions("law", 5) == []

