@@ -225,6 +225,12 @@ class LearnedRouterSpec(Spec):
     threshold: float = Field(0.25, gt=0.0, lt=1.0, description="below it the rules decide (six classes: 1/6 is a coin toss; "
                              "0.25 routed the development query sets best, BENCHMARKS.md)")
     l2: float = Field(1e-3, ge=0.0, description="L2 penalty on the weights (sum of squares)")
+    neighbours: int = Field(40, ge=0, description="k of the nearest-neighbour vote mixed into the linear head "
+                            "(the training texts' embeddings are stored in the router blob); 0: the linear head alone")
+    neighbour_weight: float = Field(0.3, gt=0.0, le=1.0, description="the vote's share of the probabilities")
+    neighbour_temperature: float = Field(0.1, gt=0.0, description="softmax temperature over the neighbours' cosine similarities")
+    out_of_domain_weight: float = Field(1.5, gt=0.0, description="scales the out-of-domain probability (then renormalised): "
+                                        "the vote favours the domains, whose training texts outnumber the general ones")
     steps: int = Field(300, ge=1, description="L-BFGS iterations")
     batch_size: int = Field(32, ge=1, description="prompts per encoder forward")
 

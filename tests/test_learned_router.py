@@ -134,6 +134,62 @@ def test_a_router_blob_round_trips_and_bad_blobs_are_refused(fitted, encoder):
         LearnedRouter.from_bytes(b"\x02\x00\x00\x00\x00\x00\x00\x00{}", encoder.fingerprint, encoder.dim)
 
 
+def test_the_fitted_router_votes_with_its_training_texts_and_round_trips_them_exactly(fitted, encoder):
+    router = fitted.router
+    assert router.neighbours is not None and router.neighbours.k == 40 and router.out_of_domain_weight == 1.5
+    assert router.neighbours.examples.shape[1] == encoder.dim
+    assert torch.equal(router.neighbours.examples, router.neighbours.examples.half().float())  # held as stored
+    again = LearnedRouter.from_bytes(router.to_bytes(), encoder.fingerprint, encoder.dim)
+    queries = encoder.embed(["What is 9 plus 16?", "Is the landlord liable for the fall?", "Write a poem about the moon."])
+    assert torch.equal(again.probabilities(queries), router.probabilities(queries))
+    assert torch.equal(again.neighbours.labels, router.neighbours.labels) and again.to_bytes() == router.to_bytes()
+
+
+def test_the_vote_is_class_balanced_and_mixed_then_the_out_of_domain_weight_applies():
+    from ccoe.learned_router import Neighbours
+
+    examples = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [1.0, 0.01, 0], [1.0, 0, 0.01], [0, 1.0, 0]]), dim=-1)
+    labels = torch.tensor([0, 0, 0, 1])  # class 0 has three examples, class 1 one, class 2 (out of domain) none
+    vote = Neighbours.of(examples, labels, k=4, weight=1.0, temperature=1e6)  # flat softmax: every neighbour counts the same
+    shares = vote.vote(torch.tensor([[0.0, 0.0, 1.0]]), 3)
+    assert torch.allclose(shares, torch.tensor([[0.5, 0.5, 0.0]]))  # 3 x (1/3 weight) vs 1 x 1: balanced
+    sharp = Neighbours.of(examples, labels, k=1, weight=1.0, temperature=0.1).vote(torch.tensor([[0.0, 1.0, 0.0]]), 3)
+    assert sharp.tolist() == [[0.0, 1.0, 0.0]]
+    linear = LearnedRouter(("a", "b", OUT_OF_DOMAIN), 0.5, torch.zeros(3, 3), torch.zeros(3), "f" * 64)
+    assert torch.allclose(linear.probabilities(torch.tensor([[0.0, 1.0, 0.0]])), torch.full((1, 3), 1 / 3))
+    mixed = replace(linear, neighbours=replace(vote, k=1, temperature=0.1, weight=0.3), out_of_domain_weight=2.0)
+    p = mixed.probabilities(torch.tensor([[0.0, 1.0, 0.0]]))
+    raw = torch.tensor([0.7 / 3, 0.7 / 3 + 0.3, 2 * 0.7 / 3])  # 0.7 linear + 0.3 vote, out-of-domain doubled
+    assert torch.allclose(p, (raw / raw.sum()).unsqueeze(0))
+
+
+def test_a_router_blob_without_neighbours_is_the_linear_head_and_bad_neighbours_are_refused(fitted, encoder):
+    from safetensors.torch import save as save_tensors
+
+    from ccoe.expert import canonical_header
+    from ccoe.learned_router import Neighbours
+
+    router = fitted.router
+    old = {"ccoe_format": "ccoe-router/1", "classes": json.dumps(list(router.classes)), "threshold": "0.6", "encoder": "all-MiniLM-L6-v2",
+           "encoder_fingerprint": router.encoder_fingerprint}  # written before the vote existed
+    linear = LearnedRouter.from_bytes(canonical_header(save_tensors({"weight": router.weight, "bias": router.bias}, metadata=old)),
+                                      encoder.fingerprint, encoder.dim)
+    assert linear.neighbours is None and linear.out_of_domain_weight == 1.0
+    query = encoder.embed(["What is 9 plus 16?"])
+    assert torch.equal(linear.probabilities(query), torch.softmax(query @ router.weight.T + router.bias, -1))
+    n = router.neighbours
+    bad_labels = replace(router, neighbours=Neighbours(n.examples, torch.full_like(n.labels, 7), n.k, n.weight, n.temperature))
+    with pytest.raises(ValueError, match="class indices"):
+        LearnedRouter.from_bytes(bad_labels.to_bytes(), encoder.fingerprint, encoder.dim)
+    with pytest.raises(ValueError, match="neighbour settings"):
+        LearnedRouter.from_bytes(replace(router, neighbours=replace(n, temperature=-1.0)).to_bytes(), encoder.fingerprint, encoder.dim)
+    with pytest.raises(ValueError, match="out_of_domain_weight"):
+        LearnedRouter.from_bytes(replace(router, out_of_domain_weight=0.0).to_bytes(), encoder.fingerprint, encoder.dim)
+    short = replace(router, neighbours=replace(n, labels=n.labels[:-1]))
+    with pytest.raises(ValueError, match="example_labels"):
+        LearnedRouter.from_bytes(short.to_bytes(), encoder.fingerprint, encoder.dim)
+
+
 def test_the_gate_decides_by_the_learned_router_then_the_rules_then_the_backbone(fitted, encoder):
     rules = RuleRouter(load_yaml(RouterSpec, ROUTER_YAML))
     gated = GatedRouter(fitted.router, encoder, {"math": {"math": 1.0}, "law": {"law": 1.0}}, rules)

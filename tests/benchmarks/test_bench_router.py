@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks.bench_router import HELDOUT, HELDOUT_BLIND, HELDOUT_TEST, heldout, near_duplicates
+from benchmarks.bench_router import HELDOUT, HELDOUT_3, HELDOUT_BLIND, HELDOUT_TEST, heldout, near_duplicates
 
 
 def test_near_duplicates_ignore_case_and_punctuation_and_keep_new_questions():
@@ -13,7 +13,7 @@ def test_near_duplicates_ignore_case_and_punctuation_and_keep_new_questions():
 
 
 def test_the_held_out_sets_hold_25_queries_per_domain_and_25_out_of_domain():
-    for path in (HELDOUT_BLIND, HELDOUT_TEST):
+    for path in (HELDOUT_BLIND, HELDOUT_3, HELDOUT_TEST):
         labels = [label for _, label in heldout(path)]
         assert len(labels) == 150 and {labels.count(d) for d in ("math", "code", "law", "medical", "sql", None)} == {25}
     assert len(heldout(HELDOUT)) == 100
