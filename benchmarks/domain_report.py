@@ -152,7 +152,8 @@ def report(rows: list[dict], backbone: str = "smollm2-135m-instruct") -> str:
     below = [r["domain"] for r in rows if r["diff_high"] < 0]
     lines += [
         "", f"- Expert significantly above the base (interval above 0): {', '.join(above) or 'none'}"
-        + (" (all: goal met)." if len(above) == len(rows) else f"; **goal missed** for {', '.join(unclear + below)}."),
+        + (" (all: goal met)." if len(above) == len(rows) and not set(DOMAINS) - {r["domain"] for r in rows}
+           else f"; **goal missed** for {', '.join(unclear + below)}." if unclear + below else "; the rest are not measured yet."),
         f"- No measurable change: {', '.join(unclear) or 'none'}; significantly below the base: {', '.join(below) or 'none'}.",
         f"- Measured on: {', '.join(sorted({r['cpu'] for r in rows}))}."
         + (f" Not measured yet with this report: {', '.join(sorted(set(DOMAINS) - {r['domain'] for r in rows}))}." if set(DOMAINS) - {r["domain"] for r in rows} else ""),
