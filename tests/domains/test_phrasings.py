@@ -22,3 +22,13 @@ def test_code_questions_name_a_language_or_tool_and_sql_questions_a_table_or_a_c
     assert {q.lower() for q in SQL_CONCEPTS} & {q.lower() for q in sql}
     assert all("sql" in q.lower() or "query" in q.lower() or q.lower() in {c.lower() for c in SQL_CONCEPTS} for q in sql)
     assert sorted(GENERATORS) == ["code", "sql"]
+
+
+def test_a_count_the_generator_cannot_reach_is_an_error_not_an_endless_loop():
+    import random
+
+    from ccoe.domains.phrasings import _distinct
+
+    assert [q.lower() for q in _distinct(2, random.Random(0), iter(["x y", "z w"]).__next__)] == ["x y", "z w"]
+    with pytest.raises(ValueError, match="could draw only 1 distinct questions, 3 asked"):
+        _distinct(3, random.Random(0), lambda: "same")
