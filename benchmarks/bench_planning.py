@@ -3,22 +3,27 @@
 1. Train the math and sql experts (budgets of configs/domain-experts.yaml; `--sql-steps` for the sql
    expert's steps, 240 by default: at the domain report's 80 it never learned two of the six counting
    templates the composed tasks use, invoice years and support representatives, 0/19) and the planner
-   (configs/planner.yaml) into an artifact under `--work` (reused when it is already there).
+   (configs/planner.yaml) into an artifact under `--work` (reused when it is already there), and its
+   learned router (`ccoe router train`, default settings: with the planner there, it learns composed
+   queries as the class `planning`).
 2. Composed tasks (`ccoe.domains.composed`) from seed 1000, minus every planner training query:
    a Chinook count feeds an arithmetic word problem, the answer is exact.
 3. Systems, all greedy on the same tasks, every non-SQL row decoded with the calculator
    (`ccoe.calculator`; `--no-calculator` for none), so that differences come from planning:
    - base: the backbone answers the whole query (its last number is the answer);
-   - routed: the rule gate picks one expert for the whole query; its completion resolves as that
-     domain resolves it (SQL is run on the read-only database, math's last number);
+   - routed: the artifact's gate (learned router, rules below its threshold) picks one expert for
+     the whole query; its completion resolves as that domain resolves it (SQL is run on the
+     read-only database, math's last number);
    - sql only, math only: the same with each expert forced (the best single expert in hindsight);
-   - planned: the planner's plan, run step by step (`ccoe.planning`);
+   - planned: what `plan_and_run` does: the learned router settles the queries it puts in one
+     domain, the planner plans the rest, and the plans run step by step (`ccoe.planning`);
    - gold plan: the benchmark's own plan, run the same way (what a perfect planner would reach).
    End-to-end accuracy with Clopper-Pearson 95% intervals; planned minus the best single system
    as a paired interval (`ccoe.evidence.paired_difference`); plan accuracy (steps exactly right, and
    domains right); seconds per task (batches of `--batch`).
-4. Single-domain queries (the math and sql held-out sets): routed vs planned, scored by the domain's
-   own scorer on the final completion, and how many planned as one step.
+4. Single-domain queries (the math and sql held-out sets): routed vs planned vs the planner planning
+   every query, scored by the domain's own scorer on the final completion, with how often the
+   planner ran and the seconds of each.
 
 A (prompt, expert) pair sent whole to one expert is generated once and reused by every system that
 sends it (routed = sql only when the gate picks sql; a one-step plan = the routed run when the
@@ -53,8 +58,12 @@ from ccoe.domains.composed import ComposedTask, composed_tasks  # noqa: E402
 from ccoe.domains.math import final_number  # noqa: E402
 from ccoe.evidence import clopper_pearson, paired_difference  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402
+from ccoe.manifest import PLANNER_DOMAIN, read_manifest  # noqa: E402
 from ccoe.model import CCoEModel  # noqa: E402
-from ccoe.planning import Plan, PlanResult, PlanStep, StepTool, default_tools, execute_plans, plan_queries, planning_setup, shared_states, single_step  # noqa: E402
+from ccoe.router import RouteDecision  # noqa: E402
+from ccoe.planning import (  # noqa: E402
+    Plan, PlanResult, PlanStep, StepTool, default_tools, execute_plans, plan_queries, planning_setup, router_plans, shared_states, single_step,
+)
 from lightning_modules.planner import train_planner  # noqa: E402
 from lightning_modules.train import train_expert  # noqa: E402
 
@@ -86,6 +95,17 @@ def build_artifact(work: Path, retrain_planner: bool = False, sql_steps: int | N
     save_artifact(model, str(root), router_spec(mapping={d: {d: 1.0} for d in DOMAINS_USED}))
     train_bench_planner(work, root)
     return root
+
+
+def ensure_router(root: Path) -> None:
+    """The artifact's learned router, trained (`ccoe router train`, default settings) when it has none
+    or one that does not know composed queries: the gate the pipeline would put beside a planner."""
+    from ccoe.cli import main as cli
+
+    entry = read_manifest(root).learned_router
+    if entry is None or PLANNER_DOMAIN not in entry.domains:
+        if cli(["router", "train", "--artifact", str(root)]) != 0:
+            raise SystemExit("ccoe router train failed on the benchmark artifact")
 
 
 def train_bench_planner(work: Path, root: Path) -> None:
@@ -134,6 +154,7 @@ def main() -> None:
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     root = build_artifact(args.work, args.retrain_planner, args.sql_steps)
+    ensure_router(root)
     model, router, manifest = load_artifact(str(root))
     tokenizer = model.backbone.tokenizer
     setup = planning_setup({n: e.domain for n, e in manifest.experts.items()}, expert_mapping(manifest))
@@ -145,9 +166,21 @@ def main() -> None:
     tools = {**tools, "math": replace(tools["math"], calculator=args.calculator), None: StepTool(calculator=args.calculator)}
     routable = list(manifest.routable_experts())
 
+    decisions: dict[str, RouteDecision] = {}
+
+    def decide(prompts: Sequence[str]) -> list[RouteDecision]:
+        """The gate's decisions, each query routed once (routing costs the same for every system)."""
+        todo = [q for q in dict.fromkeys(prompts) if q not in decisions]
+        decisions.update(zip(todo, router.route_many(todo, available=routable)))
+        return [decisions[q] for q in prompts]
+
     def route(query: str) -> tuple[str | None, str | None]:
-        decision = router.route(query, available=routable)
+        decision = decide([query])[0]
         return decision.domain, decision.expert
+
+    def settled(prompts: Sequence[str]) -> list[Plan | None]:
+        """What the router settles before the planner runs (what `plan_and_run` does)."""
+        return router_plans(decide(prompts)) if getattr(router, "detects_composed", False) else [None] * len(prompts)
 
     def run(prompts: list[str], plans: list[Plan]) -> tuple[list, float]:
         return timed(lambda: batched(lambda rows: execute_plans(model, tokenizer, [q for q, _ in rows], [p for _, p in rows], tools),
@@ -155,7 +188,7 @@ def main() -> None:
 
     if args.single_only:
         record = json.loads(args.out.with_suffix(".json").read_text())
-        record["single_domain"] = [single_domain(model, tokenizer, setup, route, tools, domain, args) for domain in DOMAINS_USED]
+        record["single_domain"] = [single_domain(model, tokenizer, setup, route, settled, tools, domain, args) for domain in DOMAINS_USED]
         record["single_domain_cpu"] = cpu_name()
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
         args.out.write_text(report(record))
@@ -200,7 +233,7 @@ def main() -> None:
         results, seconds = one_step(queries, experts)
         systems[name] = {"scores": right(results), "seconds": seconds}
     print("planned ...", file=sys.stderr)
-    plans, plan_s = timed(lambda: batched(lambda qs: plan_queries(model, tokenizer, qs, setup, route), queries, args.batch))
+    plans, plan_s = timed(lambda: batched(lambda qs: plan_queries(model, tokenizer, qs, setup, route, decided=settled(qs)), queries, args.batch))
     results, run_s = planned(queries, plans)
     systems["planned"] = {"scores": right(results), "seconds": plan_s + run_s, "plan_seconds": plan_s}
     print("gold plan ...", file=sys.stderr)
@@ -217,7 +250,7 @@ def main() -> None:
     sql_step = [float(r.steps[0].answer == str(t.count)) for r, t in zip(gold_results, tasks)]
     math_step_given_sql = [float(r.answer == t.answer) for r, t, ok in zip(gold_results, tasks, sql_step) if ok]
 
-    single_rows = [single_domain(model, tokenizer, setup, route, tools, domain, args) for domain in DOMAINS_USED]
+    single_rows = [single_domain(model, tokenizer, setup, route, settled, tools, domain, args) for domain in DOMAINS_USED]
 
     best = max(("base", "routed", "sql only", "math only"), key=lambda s: sum(systems[s]["scores"]))
     diff = paired_difference(systems["planned"]["scores"], systems[best]["scores"], binary=True)
@@ -229,6 +262,8 @@ def main() -> None:
         "best_single": best, "planned_minus_best": diff.text(), "planned_minus_best_low": diff.low,
         "plan_exact": rate(plan_exact), "plan_domains": rate(plan_domains),
         "fallbacks": sum(p.source == "fallback" for p in plans), "routed_to": {e or "backbone": routed_to.count(e) for e in set(routed_to)},
+        "gate": type(router).__name__, "flagged_composed": sum(d.composed for d in decide(queries)),
+        "settled_by_router": sum(p.source == "router" for p in plans),
         "sql_step": rate(sql_step), "math_step_given_sql": rate(math_step_given_sql) if math_step_given_sql else None,
         "single_domain": single_rows,
         "examples": [results[i].as_dict() for i in range(min(2, len(results)))],
@@ -239,36 +274,39 @@ def main() -> None:
     print(args.out.read_text())
 
 
-def single_domain(model, tokenizer, setup, route, tools, domain: str, args) -> dict:
+def single_domain(model, tokenizer, setup, route, settled, tools, domain: str, args) -> dict:
     """A domain's held-out queries three ways, on the same batches of `--batch`, the three runs of a
     batch in rotating order so that drifts of the machine's speed fall on all three alike:
     - routed: the gate's expert answers the whole query;
-    - planned: plan, then run the plan (`plan_queries` + `execute_plans`), as before prompt states;
-    - planned, reused: the same with the planner's pass through the shared layers reused by a
-      one-step plan's expert call (`ccoe.prompt_states`, what `plan_and_run` does).
-    Answers of the two planned runs must agree (greedy; reuse changes only float rounding)."""
+    - planned: what `plan_and_run` does: the learned router settles what it can (`router_plans`),
+      the planner plans the rest, prompt states shared (`ccoe.prompt_states`);
+    - planner for all: the planner plans every query (prompt states shared), as before the router
+      knew composed queries.
+    Routing is done once per query before the runs and is the same for all three (not timed here).
+    Answers of the two planned runs must agree where both made the same plan (greedy)."""
     items = eval_items(domain)[: args.single]
     prompts = [item["prompt"] for item in items]
     print(f"single-domain {domain} ...", file=sys.stderr)
     routes = {q: route(q) for q in prompts}
-    seconds = {"routed": 0.0, "planned": 0.0, "planned_plan": 0.0, "reused": 0.0, "reused_plan": 0.0}
-    texts: dict[str, list[str]] = {"routed": [], "planned": [], "reused": []}
-    plans_seen: list[Plan] = []
+    seconds = {"routed": 0.0, "planned": 0.0, "planned_plan": 0.0, "everyone": 0.0, "everyone_plan": 0.0}
+    texts: dict[str, list[str]] = {"routed": [], "planned": [], "everyone": []}
+    plans_seen: dict[str, list[Plan]] = {"planned": [], "everyone": []}
     hits = 0
 
     def routed(batch):
         plans = [single_step(*routes[q], "given", None) for q in batch]
         return [r.text for r in execute_plans(model, tokenizer, batch, plans, tools)], 0.0, plans
 
-    def planned(batch, reuse: bool):
+    def planned(batch, first: bool):
         nonlocal hits
-        states = shared_states(model, [setup.planner, *setup.experts.values()]) if reuse else None
-        plans, plan_s = timed(lambda: plan_queries(model, tokenizer, batch, setup, route, states=states))
+        states = shared_states(model, [setup.planner, *setup.experts.values()])
+        decided = settled(batch) if first else None
+        plans, plan_s = timed(lambda: plan_queries(model, tokenizer, batch, setup, route, states=states, decided=decided))
         results = execute_plans(model, tokenizer, batch, plans, tools, states=states)
-        hits += states.hits if states is not None else 0
+        hits += states.hits if states is not None and not first else 0
         return [r.text for r in results], plan_s, plans
 
-    runs = {"routed": routed, "planned": lambda b: planned(b, False), "reused": lambda b: planned(b, True)}
+    runs = {"routed": routed, "planned": lambda b: planned(b, True), "everyone": lambda b: planned(b, False)}
     for number, start in enumerate(range(0, len(prompts), args.batch)):
         batch = prompts[start:start + args.batch]
         names = list(runs)[number % 3:] + list(runs)[: number % 3]
@@ -278,21 +316,24 @@ def single_domain(model, tokenizer, setup, route, tools, domain: str, args) -> d
             texts[name] += out
             if name != "routed":
                 seconds[f"{name}_plan"] += plan_s
-            if name == "reused":
-                plans_seen += plans
+                plans_seen[name] += plans
         print(f"  {min(start + args.batch, len(prompts))}/{len(prompts)}", file=sys.stderr)
     scorer = DOMAINS[domain]
     routed_scores = [scorer.score(item, t) for item, t in zip(items, texts["routed"])]
-    planned_scores = [scorer.score(item, t) for item, t in zip(items, texts["reused"])]
-    n = len(items)
+    planned_scores = [scorer.score(item, t) for item, t in zip(items, texts["planned"])]
+    everyone_scores = [scorer.score(item, t) for item, t in zip(items, texts["everyone"])]
+    n, mine, old = len(items), plans_seen["planned"], plans_seen["everyone"]
     return {
-        "domain": domain, "n": n, "routed": rate(routed_scores), "planned": rate(planned_scores),
+        "domain": domain, "n": n, "routed": rate(routed_scores), "planned": rate(planned_scores), "everyone": rate(everyone_scores),
         "diff": paired_difference(planned_scores, routed_scores, binary=True).text(),
-        "one_step": sum(len(p.steps) == 1 for p in plans_seen), "fallbacks": sum(p.source == "fallback" for p in plans_seen),
-        "planned_to_domain": sum(len(p.steps) == 1 and p.steps[0].domain == domain for p in plans_seen),
-        "reused_prompts": hits, "same_answers": sum(a == b for a, b in zip(texts["planned"], texts["reused"])),
-        "routed_s": seconds["routed"] / n, "planned_s": seconds["reused"] / n, "plan_s": seconds["reused_plan"] / n,
-        "unreused_s": seconds["planned"] / n, "unreused_plan_s": seconds["planned_plan"] / n,
+        "one_step": sum(len(p.steps) == 1 for p in mine), "fallbacks": sum(p.source == "fallback" for p in mine),
+        "planned_to_domain": sum(len(p.steps) == 1 and p.steps[0].domain == domain for p in mine),
+        "planner_calls": sum(p.source != "router" for p in mine), "everyone_one_step": sum(len(p.steps) == 1 for p in old),
+        "reused_prompts": hits,
+        "same_answers": sum(a == b for a, b, p, q in zip(texts["planned"], texts["everyone"], mine, old) if p.steps == q.steps),
+        "same_plans": sum(p.steps == q.steps for p, q in zip(mine, old)),
+        "routed_s": seconds["routed"] / n, "planned_s": seconds["planned"] / n, "plan_s": seconds["planned_plan"] / n,
+        "everyone_s": seconds["everyone"] / n, "everyone_plan_s": seconds["everyone_plan"] / n,
     }
 
 
@@ -322,25 +363,33 @@ def report(r: dict) -> str:
         f"{r['fallbacks']} fell back to routing. Planning costs {r['plan_seconds_per_task']:.2f} s per task.",
         f"- Where it fails (gold plan): the SQL step returns the right count {pct(r['sql_step'])}; given that, the math step is right "
         + (pct(r['math_step_given_sql']) if r["math_step_given_sql"] else "(no case)") + ".",
-        "- The rule gate sent the composed queries to " + ", ".join(f"{k} {v}" for k, v in sorted(r["routed_to"].items())) + ".", "",
-        "Single-domain queries (held-out sets): planning must not lower accuracy.", "",
-        "| domain | n | routed | planned | planned - routed | one-step plans | s per query: routed / planned (planning) / planned without prompt states (planning) |",
+        f"- The gate ({r.get('gate', 'RuleRouter')}) sent the composed queries as one expert to "
+        + ", ".join(f"{k} {v}" for k, v in sorted(r["routed_to"].items())) + "."
+        + (f" Its learned router judged {r['flagged_composed']}/{r['n']} of them composed (class `planning`): those went to the planner; "
+           f"it settled {r['settled_by_router']} itself." if "flagged_composed" in r else ""), "",
+        "Single-domain queries (held-out sets): planning must not lower accuracy, and must cost no more than routing. "
+        "Planned = what `plan_and_run` does: the learned router settles the queries it puts in one domain (`router_plans`), "
+        "the planner plans the rest; planner for all = the planner plans every query (before the router knew composed queries).", "",
+        "| domain | n | routed | planned | planned - routed | planner calls | s per query: routed / planned (planning) / planner for all (planning) |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in r["single_domain"]:
         lines.append(f"| {row['domain']} | {row['n']} | {pct(row['routed'])} | {pct(row['planned'])} | {row['diff']} | "
-                     f"{row['one_step']}/{row['n']} ({row['planned_to_domain']} to {row['domain']}, {row['fallbacks']} fallbacks) | "
-                     f"{row['routed_s']:.2f} / {row['planned_s']:.2f} ({row['plan_s']:.2f}) / {row['unreused_s']:.2f} ({row['unreused_plan_s']:.2f}) |")
+                     f"{row['planner_calls']}/{row['n']} ({row['planned_to_domain']} one-step plans to {row['domain']}, {row['fallbacks']} fallbacks) | "
+                     f"{row['routed_s']:.2f} / {row['planned_s']:.2f} ({row['plan_s']:.2f}) / {row['everyone_s']:.2f} ({row['everyone_plan_s']:.2f}) |")
     kept = all(row["planned"]["k"] >= row["routed"]["k"] for row in r["single_domain"])
     overhead = max(row["planned_s"] / row["routed_s"] - 1 for row in r["single_domain"])
-    before = max(row["unreused_s"] / row["routed_s"] - 1 for row in r["single_domain"])
-    same = ", ".join(f"{row['domain']} {row['same_answers']}/{row['n']}" for row in r["single_domain"])
-    reused = ", ".join(f"{row['domain']} {row['reused_prompts']}/{row['n']}" for row in r["single_domain"])
+    before = max(row["everyone_s"] / row["routed_s"] - 1 for row in r["single_domain"])
+    calls = sum(row["planner_calls"] for row in r["single_domain"])
+    total = sum(row["n"] for row in r["single_domain"])
+    same = ", ".join(f"{row['domain']} {row['same_answers']}/{row['same_plans']}" for row in r["single_domain"])
+    cheap = calls == 0 or overhead <= 0
     lines += ["", f"Goal \"planning does not lower single-domain accuracy\": **{'met' if kept else 'missed'}**. "
-              f"Goal \"a single-domain query costs no more than routing\": **{'met' if overhead <= 0 else 'missed'}**: "
-              f"planning adds up to {overhead:+.0%} to the routed call's time ({before:+.0%} without prompt states). "
-              f"Prompt states (`ccoe.prompt_states`): a one-step plan's expert call reuses the planner's pass through the "
-              f"shared layers (reused prompts: {reused}); answers equal to the run without them: {same}. "
+              f"Goal \"a single-domain query costs no more than routing\": **{'met' if cheap else 'missed'}**: "
+              f"the planner ran for {calls}/{total} of them"
+              + (" (every other query's plan is the routed call itself, so it costs exactly what routing costs)" if calls < total else "")
+              + f"; measured, planned minus routed is at most {overhead:+.1%} of the routed call's time, against {before:+.0%} "
+              f"when the planner plans every query. Answers of the two planned runs where they made the same plan: {same}. "
               "The three runs of each batch ran back to back in rotating order"
               + (f", on {r['single_domain_cpu']}, with an artifact rebuilt from the same configs (the composed rows above"
                  " are from the earlier run)." if r.get("single_domain_cpu") else ".")]

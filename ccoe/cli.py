@@ -229,8 +229,8 @@ def _cmd_router_train(args) -> int:
         return 2
     given = given_prompts(args.prompts)
     experts = {name: entry.domain for name, entry in manifest.routable_experts().items()}
-    examples = router_examples(experts.values(), spec)
-    data = training_set(domain_prompts(experts.values(), given), examples.general, spec, examples.extra)
+    examples = router_examples(experts.values(), spec, planning=len(manifest.experts) > len(experts))
+    data = training_set(domain_prompts(experts.values(), given), examples.general, spec, examples.extra, examples.composed)
     print(f"embedding {len(data.texts)} training texts ({', '.join(data.classes)})", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:

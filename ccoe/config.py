@@ -204,7 +204,8 @@ class RouterSpec(Spec):
 class LearnedRouterSpec(Spec):
     """How the learned router is trained and when it decides (`ccoe.learned_router`).
 
-    A linear softmax over the experts' domains plus an out-of-domain class, on sentence embeddings of
+    A linear softmax over the experts' domains plus an out-of-domain class (and the class 'planning'
+    for queries that need several experts, when the artifact has a planner), on sentence embeddings of
     the prompts. Below `threshold` (the top class's probability) the rules decide, and without a rule
     match the backbone answers.
     """
@@ -220,6 +221,10 @@ class LearnedRouterSpec(Spec):
     per_general_topic: int = Field(15, ge=0, description="MMLU questions per topic outside the domains, as out-of-domain examples; 0: none")
     generated: int = Field(300, ge=0, description="generated user-style questions for code and for sql (ccoe.domains.phrasings): "
                            "no offline set asks them as users do; 0: none")
+    composed: int = Field(300, ge=0, description="composed sql -> math queries (ccoe.domains.composed, the planner's own "
+                          "training queries) as the class 'planning' when the artifact has a planner and sql and math experts: "
+                          "plan mode calls the planner only for queries the router puts there; 0: no such class")
+    composed_seed: int = Field(0, description="seed of those queries: the planner's default seed, so they are among its training queries")
     views: bool = Field(True, description="also train on each prompt's first paragraph and first sentence: "
                         "users write short questions, training prompts are long and formatted")
     threshold: float = Field(0.25, gt=0.0, lt=1.0, description="below it the rules decide (six classes: 1/6 is a coin toss; "

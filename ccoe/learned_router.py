@@ -53,7 +53,7 @@ from safetensors.torch import save as save_tensors
 from ccoe.config import LearnedRouterSpec, check_name
 from ccoe.domains.base import content_hash
 from ccoe.expert import canonical_header
-from ccoe.manifest import ROUTER_FORMAT, read_router_metadata
+from ccoe.manifest import PLANNER_DOMAIN, ROUTER_FORMAT, read_router_metadata
 from ccoe.router import RouteDecision, RuleRouter, expert_for
 
 OUT_OF_DOMAIN = "out-of-domain"
@@ -80,26 +80,32 @@ class RouterTrainingSet:
 
 
 def training_set(prompts: Mapping[str, Sequence[str]], general: Sequence[str], spec: LearnedRouterSpec,
-                 extra: Mapping[str, Sequence[str]] | None = None) -> RouterTrainingSet:
+                 extra: Mapping[str, Sequence[str]] | None = None, composed: Sequence[str] = ()) -> RouterTrainingSet:
     """Up to `spec.per_domain` prompts per domain (chosen by a salted content hash, not file order, so
     a file sorted by template still gives every template; salted, because the domains' own train/eval
     splits are cut on the plain hash of the prompt) plus all of the domain's `extra` prompts (other
-    wordings, `ccoe.domains.general.domain_examples`), all general prompts, each with its views."""
+    wordings, `ccoe.domains.general.domain_examples`), all general prompts, each with its views.
+    `composed` (queries that need several experts) become the class PLANNER_DOMAIN, before
+    OUT_OF_DOMAIN, whole: a composed query's first sentence is a one-domain question."""
     if not prompts:
         raise ValueError("the learned router needs at least one domain with training prompts")
     for domain in prompts:
         check_name(domain, "domain name")
-    classes = (*prompts, OUT_OF_DOMAIN)
+        if domain == PLANNER_DOMAIN:
+            raise ValueError(f"{PLANNER_DOMAIN!r} is the planner's domain, not a routing target: give composed queries as `composed`")
+    planning = [(PLANNER_DOMAIN, list(dict.fromkeys(composed)))] if composed else []
+    classes = (*prompts, *(name for name, _ in planning), OUT_OF_DOMAIN)
     texts, labels, groups = [], [], []
     extra = extra or {}
     sources = [(i, list(dict.fromkeys(sorted(set(p), key=lambda t: content_hash(f"router-sample:{t}"))[: spec.per_domain]
-                                      + list(extra.get(domain, ())))))
+                                      + list(extra.get(domain, ())))), spec.views)
                for i, (domain, p) in enumerate(prompts.items())]
-    for label, chosen in [*sources, (len(classes) - 1, list(dict.fromkeys(general)))]:
+    sources += [(len(prompts), chosen, False) for _, chosen in planning]
+    for label, chosen, views in [*sources, (len(classes) - 1, list(dict.fromkeys(general)), spec.views)]:
         if not chosen:
             raise ValueError(f"no training prompts for class {classes[label]!r}")
         for prompt in chosen:
-            for view in prompt_views(prompt) if spec.views else [prompt.strip()]:
+            for view in prompt_views(prompt) if views else [prompt.strip()]:
                 texts.append(view)
                 labels.append(label)
                 groups.append(prompt)
@@ -187,8 +193,8 @@ class Neighbours:
 
 @dataclass(frozen=True)
 class LearnedRouter:
-    """A trained router. classes: D domains then OUT_OF_DOMAIN; weight (C, E); bias (C,); E the
-    encoder's embedding size; `neighbours`: the vote mixed in (None: the linear head alone);
+    """A trained router. classes: D domains (the last of them PLANNER_DOMAIN when it learned composed
+    queries) then OUT_OF_DOMAIN; weight (C, E); bias (C,); E the encoder's embedding size; `neighbours`: the vote mixed in (None: the linear head alone);
     `out_of_domain_weight` scales the out-of-domain probability before renormalising."""
 
     classes: tuple[str, ...]
@@ -350,28 +356,45 @@ class GatedRouter:
         probabilities = self.learned.probabilities(self.encoder.embed(list(texts)))
         return [self._decide(text, row, available) for text, row in zip(texts, probabilities)]
 
+    @property
+    def detects_composed(self) -> bool:
+        """Whether the learned router tells queries that need several experts apart (class PLANNER_DOMAIN)."""
+        return PLANNER_DOMAIN in self.learned.classes
+
     def _decide(self, text: str, row: torch.Tensor, available: list[str]) -> RouteDecision:
+        """One query's decision from its (C,) probabilities. With the class PLANNER_DOMAIN: `composed`
+        when it is the top class at or above the threshold, and the one-expert decision is taken on the
+        other classes' probabilities, renormalised (a request must still go somewhere when no planner runs)."""
         values, indices = row.topk(min(3, len(row)))
         top = tuple((self.learned.classes[i], round(float(v), 4)) for v, i in zip(values, indices.tolist()))
         scores = {c: round(float(p), 4) for c, p in zip(self.learned.classes, row)}
-        best, confidence = top[0]
-        shown = ", ".join(f"{c} {p:.2f}" for c, p in top)
+        classes, lead, composed = self.learned.classes, "learned router: ", False
+        if self.detects_composed:
+            keep = [i for i, c in enumerate(classes) if c != PLANNER_DOMAIN]
+            composed = top[0][0] == PLANNER_DOMAIN and top[0][1] >= self.learned.threshold
+            if composed:
+                lead = f"learned router: several experts needed ({PLANNER_DOMAIN} {top[0][1]:.2f}); as one expert: "
+            classes, row = tuple(classes[i] for i in keep), row[keep] / row[keep].sum()
+            values, indices = row.topk(min(3, len(row)))
+        ranked = [(classes[i], float(v)) for v, i in zip(values, indices.tolist())]
+        best, confidence = ranked[0]
+        shown = ", ".join(f"{c} {p:.2f}" for c, p in ranked)
+        decided = {"scores": scores, "rule": None, "top": top, "composed": composed}
         if confidence >= self.learned.threshold:
             if best == OUT_OF_DOMAIN:
-                return RouteDecision(None, None, scores, None, f"learned router: out of domain ({shown}): backbone", stage="learned", top=top)
+                return RouteDecision(None, None, reason=f"{lead}out of domain ({shown}): backbone", stage="learned", **decided)
             expert, weight = expert_for(best, self.mapping, available)
             if expert is None:
-                return RouteDecision(None, best, scores, None, f"learned router: {best} ({shown}) has no loaded expert: backbone",
-                                     stage="learned", top=top)
-            return RouteDecision(expert, best, scores, None, f"learned router: {best} ({shown}); mapping M[{expert!r}, {best!r}] = {weight:g}",
-                                 stage="learned", top=top)
-        below = f"learned router unsure ({shown} < threshold {self.learned.threshold:g})"
+                return RouteDecision(None, best, reason=f"{lead}{best} ({shown}) has no loaded expert: backbone", stage="learned", **decided)
+            return RouteDecision(expert, best, reason=f"{lead}{best} ({shown}); mapping M[{expert!r}, {best!r}] = {weight:g}",
+                                 stage="learned", **decided)
+        below = f"{'' if not composed else lead}learned router unsure ({shown} < threshold {self.learned.threshold:g})"
         if self.rules is not None:
             ruled = self.rules.route(text, available)
             if ruled.domain is not None:
                 return RouteDecision(ruled.expert, ruled.domain, ruled.scores, ruled.rule, f"{below}; rules: {ruled.reason}",
-                                     ruled.matches, stage="rules", top=top)
-        return RouteDecision(None, None, scores, None, f"{below}; no rule matched: backbone", stage="backbone", top=top)
+                                     ruled.matches, stage="rules", top=top, composed=composed)
+        return RouteDecision(None, None, reason=f"{below}; no rule matched: backbone", stage="backbone", **decided)
 
 
 def domain_prompts(domains: Iterable[str], given: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[str]]:

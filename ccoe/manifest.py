@@ -166,9 +166,11 @@ class Manifest(Spec):
         return {name: e for name, e in self.experts.items() if e.domain != PLANNER_DOMAIN}
 
     def router_is_current(self) -> bool:
-        """A learned router exists and was trained for exactly this manifest's routable experts and domains."""
+        """A learned router exists and was trained for exactly this manifest's routable experts and domains
+        (its class PLANNER_DOMAIN, composed queries, is no expert's domain and does not count)."""
         r, experts = self.learned_router, self.routable_experts()
-        return r is not None and sorted(r.experts) == sorted(experts) and set(r.domains) == {e.domain for e in experts.values()}
+        return (r is not None and sorted(r.experts) == sorted(experts)
+                and set(r.domains) - {PLANNER_DOMAIN} == {e.domain for e in experts.values()})
 
     @field_validator("experts")
     @classmethod

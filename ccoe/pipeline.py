@@ -178,21 +178,26 @@ def pipeline_router(spec: PipelineSpec) -> RouterSpec:
 def train_pipeline_router(spec: PipelineSpec, trained: list[TrainedExpert], champion: Manifest | None) -> LearnedRouterEntry | None:
     """The learned router for the pipeline's domain experts, staged in its blob store; None (the
     base's is kept) without `spec.learned_router`, or when only the planner was trained and the
-    champion's router already fits these experts. Why retrain when a domain expert was: its
+    champion's router already fits these experts (and has the class PLANNER_DOMAIN exactly when it
+    should: a planner and sql and math experts). Why retrain when a domain expert was: its
     training prompts, which the router learns from, may have changed with it."""
     if spec.learned_router is None:
         return None
+    from ccoe.domains.general import learns_composed, router_examples
+
+    settings = spec.learned_router
     experts = {p.expert.name: p.expert.domain for p in spec.experts}
-    current = champion is not None and champion.learned_router is not None and sorted(champion.learned_router.experts) == sorted(experts)
+    planning = spec.planner is not None or (champion is not None and any(e.domain == PLANNER_DOMAIN for e in champion.experts.values()))
+    entry = champion.learned_router if champion is not None else None
+    current = (entry is not None and sorted(entry.experts) == sorted(experts)
+               and (PLANNER_DOMAIN in entry.domains) == learns_composed(experts.values(), settings, planning))
     if current and all(t.entry.domain == PLANNER_DOMAIN for t in trained):
         return None
     from ccoe.artifact import stage_router
-    from ccoe.domains.general import router_examples
     from ccoe.learned_router import SentenceEncoder, domain_prompts, train_learned_router, training_set
 
-    settings = spec.learned_router
-    examples = router_examples(experts.values(), settings)
-    data = training_set(domain_prompts(experts.values(), custom_prompts(spec)), examples.general, settings, examples.extra)
+    examples = router_examples(experts.values(), settings, planning=planning)
+    data = training_set(domain_prompts(experts.values(), custom_prompts(spec)), examples.general, settings, examples.extra, examples.composed)
     fit = train_learned_router(SentenceEncoder(), data, settings)
     metrics = {"validation_accuracy": fit.validation_accuracy, "train_accuracy": fit.train_accuracy, "validation_n": fit.validation_n}
     return stage_router(BlobStore(spec.storage), fit.router, experts, metrics)

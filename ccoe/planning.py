@@ -10,6 +10,9 @@ pairs, `ccoe.domains.composed`):
   plan's edges, so a forward or self reference (a cycle) is refused.
 - A one-step plan may leave out `task`: the whole query goes to that domain's expert unchanged, so a
   single-domain query costs one expert call, exactly like routing.
+- When the artifact's learned router knows composed queries (its class PLANNER_DOMAIN), it decides
+  first: a query it puts in one domain (or out of domain) gets that one-step plan without a planner
+  pass, so it costs what routing costs; the planner plans the composed and the unsure ones.
 - The text is untrusted model output: `parse_plan` accepts only that shape (at most `MAX_STEPS` steps,
   no other keys, domains with a loaded expert) and raises `PlanError` saying what was wrong; the
   caller then routes the query to one expert and reports the fallback (`plan_queries`).
@@ -34,6 +37,7 @@ from ccoe.evaluate import DomainScore, evaluate_loss, generation_batches
 from ccoe.generation import generate_text
 from ccoe.manifest import PLANNER_DOMAIN, Manifest
 from ccoe.model import CCoEModel, Route
+from ccoe.router import RouteDecision
 from ccoe.prompt_states import PromptStates
 
 MAX_STEPS = 4
@@ -60,7 +64,8 @@ class PlanStep:
 
 @dataclass(frozen=True)
 class Plan:
-    """Steps in execution order; `source` is "planner", "given" or "fallback" (then `fallback` says why)."""
+    """Steps in execution order; `source` is "planner", "router" (a learned router settled a one-domain
+    query, `router_plans`), "given" or "fallback" (then `fallback` says why)."""
 
     steps: tuple[PlanStep, ...]
     source: str = "planner"
@@ -323,26 +328,42 @@ def plan_queries(
     route: Callable[[str], tuple[str | None, str | None]],
     key: Callable[[str | None], str | None] = lambda name: name,
     states: PromptStates | None = None,
+    decided: Sequence[Plan | None] | None = None,
 ) -> list[Plan]:
     """The planner expert's plan for each query (one batch); an invalid plan becomes a one-step plan
     to `route(query)` -> (domain, expert), with the reason in `Plan.fallback`. `key`: as in `execute_plans`.
     `states`: where to record each query's pass through the shared layers, for `execute_plans`.
+    `decided`: plans already made (`router_plans`); the planner runs only where it holds None.
 
     Every plan starts `{"steps": [{"domain": "`: those tokens are prefilled with the query
     (`plan_prefix`) and the planner decodes from the first domain name on, with `plan_complete` asked
     every 2 tokens, so a one-step plan costs about 5 decode steps instead of 16."""
+    plans: list[Plan | None] = list(decided) if decided is not None else [None] * len(queries)
+    if len(plans) != len(queries):
+        raise ValueError(f"{len(plans)} decided plans for {len(queries)} queries")
+    todo = [i for i, plan in enumerate(plans) if plan is None]
+    if not todo:
+        return plans
     prefix_ids, prefix = plan_prefix(tokenizer, setup.experts)
-    completions = generate_text(model, tokenizer, list(queries), [key(setup.planner)] * len(queries),
+    completions = generate_text(model, tokenizer, [queries[i] for i in todo], [key(setup.planner)] * len(todo),
                                 max_new_tokens=setup.max_new_tokens, until=lambda text: plan_complete(prefix + text),
                                 prefix_ids=prefix_ids, check_every=2, prompt_states=states, record=states is not None)
-    plans = []
-    for query, completion in zip(queries, completions):
+    for i, completion in zip(todo, completions):
         try:
-            plans.append(parse_plan(prefix + completion.text, setup.experts))
+            plans[i] = parse_plan(prefix + completion.text, setup.experts)
         except PlanError as err:
-            domain, expert = route(query)
-            plans.append(single_step(domain, expert, "fallback", f"{err}; routed to {expert or 'the backbone'} instead"))
+            domain, expert = route(queries[i])
+            plans[i] = single_step(domain, expert, "fallback", f"{err}; routed to {expert or 'the backbone'} instead")
     return plans
+
+
+def router_plans(decisions: Sequence[RouteDecision]) -> list[Plan | None]:
+    """One-step plans (source "router") for the queries that a learned router which knows composed
+    queries (class PLANNER_DOMAIN, `GatedRouter.detects_composed`) settled on its own: one domain, or
+    out of domain, at or above its threshold. None where the planner must plan: the router judged the
+    query composed, or was unsure. Why: a single-domain query then costs exactly what routing costs
+    (no planner pass); the planner, the more expensive judge, sees only what the cheap one cannot settle."""
+    return [single_step(d.domain, d.expert, "router", None) if d.stage == "learned" and not d.composed else None for d in decisions]
 
 
 def plan_prefix(tokenizer, domains: Iterable[str]) -> tuple[list[int], str]:
@@ -379,22 +400,23 @@ def plan_and_run(model: CCoEModel, tokenizer, manifest: Manifest, router, querie
                  tools: Mapping[str, StepTool] | None = None, keys: Mapping[str, str] | None = None) -> list[PlanResult]:
     """Plan every query with the manifest's planner and run the plans (`ccoe generate --plan`, the
     pyfunc's `mode: plan`, `ccoe serve`'s model `plan`). `router` (a RuleRouter or GatedRouter, or None:
-    the backbone) decides the one-step plan of a query whose plan was unusable. `keys`: the model
+    the backbone) decides the one-step plan of a query whose plan was unusable; a learned router that
+    knows composed queries also settles the single-domain ones before the planner runs (`router_plans`). `keys`: the model
     route of each manifest expert when the model holds them under other names (default: their own)."""
     from ccoe.artifact import expert_mapping
 
     setup = planning_setup({name: e.domain for name, e in manifest.experts.items()}, expert_mapping(manifest))
-    routable = list(manifest.routable_experts())
+    decisions = router.route_many(list(queries), available=list(manifest.routable_experts())) if router is not None else None
+    routed = dict(zip(queries, decisions)) if decisions is not None else {}
 
     def route(query: str) -> tuple[str | None, str | None]:
-        if router is None:
-            return None, None
-        decision = router.route(query, available=routable)
-        return decision.domain, decision.expert
+        decision = routed.get(query)
+        return (None, None) if decision is None else (decision.domain, decision.expert)
 
+    decided = router_plans(decisions) if decisions is not None and getattr(router, "detects_composed", False) else None
     key = (lambda name: name) if keys is None else (lambda name: None if name is None else keys[name])
     states = shared_states(model, [key(name) for name in [setup.planner, *setup.experts.values()]])
-    plans = plan_queries(model, tokenizer, queries, setup, route, key, states)
+    plans = plan_queries(model, tokenizer, queries, setup, route, key, states, decided)
     return execute_plans(model, tokenizer, queries, plans, tools, key=key, states=states)
 
 

@@ -21,7 +21,9 @@ from ccoe.config import RouterSpec
 
 @dataclass(frozen=True)
 class RouteDecision:
-    """Where a request goes and why. `expert` None means the plain backbone."""
+    """Where a request goes and why. `expert` None means the plain backbone. `composed`: the learned
+    router judged that the request needs several experts (plan mode then runs the planner; a plain
+    route still goes to this one expert)."""
 
     expert: str | None
     domain: str | None
@@ -31,10 +33,11 @@ class RouteDecision:
     matches: dict[str, list[str]] = field(default_factory=dict)
     stage: str = "rules"
     top: tuple[tuple[str, float], ...] = ()
+    composed: bool = False
 
     def as_dict(self) -> dict:
         return {"expert": self.expert, "domain": self.domain, "stage": self.stage, "top": [list(t) for t in self.top],
-                "scores": self.scores, "rule": self.rule, "reason": self.reason}
+                "scores": self.scores, "rule": self.rule, "reason": self.reason, "composed": self.composed}
 
 
 def expert_for(domain: str, mapping: dict[str, dict[str, float]], available: Iterable[str]) -> tuple[str | None, float]:

@@ -15,7 +15,7 @@ from ccoe.config import LearnedRouterSpec, RouterSpec, load_yaml
 from ccoe.learned_router import (
     OUT_OF_DOMAIN, GatedRouter, LearnedRouter, SentenceEncoder, prompt_views, read_queries, train_learned_router, training_set,
 )
-from ccoe.manifest import merge, pop, read_manifest, write_manifest
+from ccoe.manifest import PLANNER_DOMAIN, merge, pop, read_manifest, write_manifest
 from ccoe.router import RuleRouter
 from ccoe.storage import BlobStore
 from tests.conftest import save_tiny_artifact
@@ -55,6 +55,45 @@ def test_the_training_set_has_the_domains_then_out_of_domain_and_caps_each_domai
     assert capped.labels.count(0) == 3 and set(capped.texts[:3]) <= set(MATH)
     with pytest.raises(ValueError, match="no training prompts for class 'law'"):
         training_set({"math": MATH, "law": []}, GENERAL, LearnedRouterSpec())
+
+
+COMPOSED = ["How many customers are from Brazil? Call the answer N. A shop sells N pens at 3 dollars each. How much do they cost?",
+            "Count the albums by AC/DC. Let N be that number. Ravi has N boxes of 6 eggs. How many eggs does he have?"]
+
+
+def test_composed_queries_are_the_planning_class_learned_whole_and_planning_is_no_domain():
+    data = training_set({"math": MATH, "law": LAW}, GENERAL, LearnedRouterSpec(per_domain=10), composed=COMPOSED)
+    assert data.classes == ("math", "law", PLANNER_DOMAIN, OUT_OF_DOMAIN)
+    assert [t for t, label in zip(data.texts, data.labels) if label == 2] == COMPOSED  # no first-sentence views: those are sql questions
+    assert data.labels.count(0) > len(MATH)  # the domains keep their views
+    assert training_set({"math": MATH}, GENERAL, LearnedRouterSpec(per_domain=10)).classes == ("math", OUT_OF_DOMAIN)
+    with pytest.raises(ValueError, match="the planner's domain, not a routing target"):
+        training_set({PLANNER_DOMAIN: MATH}, GENERAL, LearnedRouterSpec(per_domain=10))
+
+
+def _fixed(probabilities, classes, threshold=0.25):
+    """A router whose every query gets these class probabilities (bias only)."""
+    return LearnedRouter(classes, threshold, torch.zeros(len(classes), 384), torch.tensor(probabilities).log(), "f" * 64)
+
+
+def test_a_router_that_knows_composed_queries_flags_them_and_still_routes_them_to_one_expert(encoder):
+    classes = ("math", "sql", PLANNER_DOMAIN, OUT_OF_DOMAIN)
+    mapping = {"m": {"math": 1.0}, "s": {"sql": 1.0}}
+    router = _fixed([0.2, 0.1, 0.6, 0.1], classes)
+    gated = GatedRouter(replace(router, encoder_fingerprint=encoder.fingerprint), encoder, mapping)
+    assert gated.detects_composed
+    decision = gated.route("Count the customers from Brazil, then multiply by 3.")
+    assert decision.composed and (decision.stage, decision.domain, decision.expert) == ("learned", "math", "m")
+    assert decision.top[0] == (PLANNER_DOMAIN, 0.6) and decision.as_dict()["composed"] is True
+    assert "several experts needed (planning 0.60); as one expert: math (math 0.50, sql 0.25, out-of-domain 0.25)" in decision.reason
+    single = GatedRouter(replace(_fixed([0.6, 0.1, 0.2, 0.1], classes), encoder_fingerprint=encoder.fingerprint), encoder, mapping)
+    one = single.route("What is 9 plus 16?")
+    assert not one.composed and (one.domain, one.expert) == ("math", "m") and one.reason.startswith("learned router: math (math 0.75")
+    unsure = GatedRouter(replace(router, threshold=0.7, encoder_fingerprint=encoder.fingerprint), encoder, mapping)
+    below = unsure.route("Count the customers from Brazil, then multiply by 3.")
+    assert not below.composed and below.stage == "backbone"  # planning under the threshold is no judgement
+    plain = GatedRouter(replace(_fixed([0.6, 0.3, 0.1], ("math", "sql", OUT_OF_DOMAIN)), encoder_fingerprint=encoder.fingerprint), encoder, mapping)
+    assert not plain.detects_composed and not plain.route("What is 9 plus 16?").composed
 
 
 def test_extra_wordings_join_their_domain_whole_beside_the_capped_sample():
@@ -104,6 +143,19 @@ def test_router_examples_take_every_offline_source_and_keep_the_classes_disjoint
     only_registry = router_examples(DOMAINS, spec.model_copy(update={"per_user_set": 0, "per_domain_topic": 0, "per_general_topic": 0, "generated": 0}))
     assert only_registry.extra == domain_examples(DOMAINS, 2) and only_registry.general == general_prompts(2)
     assert router_examples(["sql"], spec).extra == {"sql": domain_examples(["sql"], 2)["sql"] + sql_questions(5)}
+
+
+def test_a_router_learns_composed_queries_only_for_a_planner_over_sql_and_math():
+    from ccoe.domains.composed import composed_tasks
+    from ccoe.domains.general import learns_composed, router_examples
+
+    spec = LearnedRouterSpec(per_domain_set=0, per_general_set=1, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0, composed=4)
+    assert router_examples(["math", "sql"], spec).composed == []  # no planner
+    planned = router_examples(["math", "sql", "law"], spec, planning=True)
+    assert planned.composed == [t.query for t in composed_tasks(0, 4)] == [t.query for t in composed_tasks(0, 600)][:4]  # the planner's own
+    assert router_examples(["math", "law"], spec, planning=True).composed == []  # the planner composes only sql -> math
+    assert not learns_composed(["math", "sql"], spec.model_copy(update={"composed": 0}), planning=True)
+    assert learns_composed(["sql", "math"], spec, planning=True) and not learns_composed(["sql", "math"], spec, planning=False)
 
 
 def test_the_router_learns_the_domains_and_sends_general_questions_to_the_backbone(fitted, encoder):
@@ -234,6 +286,11 @@ def test_a_manifest_carries_the_router_by_sha256_and_a_pop_makes_it_stale(artifa
     assert not stale.router_is_current()
     with pytest.warns(UserWarning, match="routing by the rules"):
         assert isinstance(router_from_manifest(stale, store), RuleRouter)
+
+    composed_aware = _fixed([0.4, 0.3, 0.2, 0.1], ("math", "law", PLANNER_DOMAIN, OUT_OF_DOMAIN))
+    aware = merge(manifest, learned_router=stage_router(store, composed_aware, {n: e.domain for n, e in manifest.experts.items()}))
+    assert aware.learned_router.domains == ["math", "law", PLANNER_DOMAIN] and aware.router_is_current()  # 'planning' is no expert's domain
+    assert not pop(aware, "law").router_is_current()
 
     data = bytearray((artifact / entry.blob).read_bytes())
     data[-1] ^= 1

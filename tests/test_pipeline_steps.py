@@ -80,3 +80,22 @@ def test_the_pipeline_trains_the_learned_router_for_its_experts_when_a_domain_ex
     champion = _manifest(None).model_copy(update={"learned_router": entry})
     assert train_pipeline_router(spec, [_trained("planner", PLANNER_DOMAIN)], champion) is None  # still fits: kept
     assert train_pipeline_router(spec, [_trained("math", "math")], champion) is not None  # math's prompts may have changed
+
+
+def test_with_a_planner_the_router_learns_composed_queries_and_a_router_without_them_is_retrained(tmp_path):
+    from ccoe.config import PlannerSpec
+
+    router = LearnedRouterSpec(per_domain=12, per_general_set=1, views=False, steps=30, per_user_set=0, per_domain_topic=0,
+                               per_general_topic=0, generated=0, composed=6)
+    plain = load_yaml(PipelineSpec, CONFIGS / "tiny.yaml").with_outputs_in(tmp_path).model_copy(update={"learned_router": router})
+    planned = plain.model_copy(update={"planner": PlannerSpec()})
+    entry = train_pipeline_router(planned, [_trained("planner", PLANNER_DOMAIN)], None)
+    assert entry.domains[-1] == PLANNER_DOMAIN and sorted(entry.domains[:-1]) == ["law", "math", "sql"] and entry.experts == ["law", "math", "sql"]  # the planner is no routing target
+    without = train_pipeline_router(plain, [_trained("math", "math")], None)
+    assert PLANNER_DOMAIN not in without.domains
+    stale = _manifest(None).model_copy(update={"learned_router": without})
+    assert train_pipeline_router(planned, [_trained("planner", PLANNER_DOMAIN)], stale) is not None  # a planner came: retrain
+    current = _manifest(None).model_copy(update={"learned_router": entry})
+    assert train_pipeline_router(planned, [_trained("planner", PLANNER_DOMAIN)], current) is None
+    assert train_pipeline_router(planned.model_copy(update={"learned_router": router.model_copy(update={"composed": 0})}),
+                                 [_trained("planner", PLANNER_DOMAIN)], current) is not None  # composed switched off: retrain

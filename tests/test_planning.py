@@ -156,6 +156,51 @@ def test_an_unusable_plan_falls_back_to_routing_and_says_why(planned_model):
     assert plans[1].fallback.endswith("routed to s instead")
 
 
+def test_the_planner_plans_only_what_the_router_left_open_and_never_runs_when_all_is_decided(planned_model, monkeypatch):
+    import ccoe.planning as planning
+
+    setup = planning_setup({"m": "math", "s": "sql", "p": PLANNER_DOMAIN}, {"m": {"math": 1.0}, "s": {"sql": 1.0}, "p": {PLANNER_DOMAIN: 1.0}},
+                           max_new_tokens=6)
+    seen, real = [], planning.generate_text
+
+    def spy(model, tokenizer, prompts, experts, **kwargs):
+        seen.append(list(prompts))
+        return real(model, tokenizer, prompts, experts, **kwargs)
+
+    monkeypatch.setattr(planning, "generate_text", spy)
+    settled = planning.single_step("sql", "s", "router", None)
+    queries = ["what is two", "sql query", "both at once"]
+    plans = plan_queries(planned_model, planned_model.backbone.tokenizer, queries, setup, route=lambda q: (None, None),
+                         decided=[None, settled, None])
+    assert seen == [["what is two", "both at once"]]  # the settled query never reaches the planner
+    assert plans[1] is settled and [p.source for p in plans] == ["fallback", "router", "fallback"]
+    alone = plan_queries(planned_model, planned_model.backbone.tokenizer, ["what is two", "sql query"], setup, route=lambda q: (None, None),
+                         decided=[None, None])
+    assert alone[0] == plans[0]  # the planner's plan of a query does not depend on its batch mates here
+    seen.clear()
+    assert plan_queries(planned_model, planned_model.backbone.tokenizer, queries[1:2], setup, route=lambda q: (None, None),
+                        decided=[settled]) == [settled] and seen == []
+    with pytest.raises(ValueError, match="2 decided plans for 3 queries"):
+        plan_queries(planned_model, planned_model.backbone.tokenizer, queries, setup, route=lambda q: (None, None), decided=[None, None])
+
+
+def test_router_plans_settle_confident_one_domain_decisions_and_leave_composed_and_unsure_ones_to_the_planner():
+    from ccoe.planning import router_plans
+    from ccoe.router import RouteDecision
+
+    decisions = [
+        RouteDecision("s", "sql", {}, None, "learned router: sql", stage="learned"),
+        RouteDecision(None, None, {}, None, "learned router: out of domain", stage="learned"),
+        RouteDecision("m", "math", {}, None, "learned router: several experts needed", stage="learned", composed=True),
+        RouteDecision("m", "math", {}, "math", "learned router unsure; rules: math", stage="rules"),
+        RouteDecision(None, None, {}, None, "learned router unsure; no rule matched: backbone", stage="backbone"),
+    ]
+    plans = router_plans(decisions)
+    assert plans[0] == Plan((PlanStep("sql", "s", None),), source="router") and plans[0].steps[0].task is None
+    assert plans[1] == Plan((PlanStep(None, None, None),), source="router")
+    assert plans[2:] == [None, None, None]
+
+
 def test_response_prefix_ids_are_prefilled_and_the_row_goes_on_as_if_it_had_decoded_them(planned_model):
     """generate_text(prefix_ids=...) returns what follows the prefix: when the prefix is what the model
     decodes first anyway, the rest is exactly the free run's rest (how plan_queries primes plans)."""
@@ -343,6 +388,44 @@ def test_planner_train_pushes_a_planner_and_leaves_every_expert_as_it_was(tiny_a
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["query"] == "what is two plus three" and line["plan"]["source"] == "fallback"  # 2 steps teach no JSON
     assert len(line["trace"]) == 1 and line["plan"]["fallback"].endswith("instead")
+
+
+def test_plan_mode_asks_the_planner_only_for_what_a_composed_aware_router_leaves_open(tiny_artifact, tmp_path, capsys):
+    """A learned router with the class 'planning' settles a one-domain query (no planner pass: the
+    result is the routed expert's own run) and hands a composed one to the planner."""
+    from ccoe.artifact import load_artifact, stage_router
+    from ccoe.learned_router import OUT_OF_DOMAIN, GatedRouter, LearnedRouter, SentenceEncoder
+    from ccoe.manifest import merge, write_manifest
+    from ccoe.planning import plan_and_run
+    from ccoe.storage import BlobStore
+
+    config = tmp_path / "planner.yaml"
+    config.write_text("composed: 0\nper_domain: 3\nmax_length: 64\nlayers: {strategy: top, k: 1}\n"
+                      "training: {max_steps: 2, batch_size: 2, learning_rate: 1.0e-3, log_every_n_steps: 1}\n")
+    assert main(["planner", "train", "--artifact", str(tiny_artifact), "--config", str(config),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    encoder, classes = SentenceEncoder(), ("math", "law", PLANNER_DOMAIN, OUT_OF_DOMAIN)
+
+    def fixed(probabilities):
+        return LearnedRouter(classes, 0.25, torch.zeros(4, encoder.dim), torch.tensor(probabilities).log(), encoder.fingerprint)
+
+    def gate(probabilities):
+        return GatedRouter(fixed(probabilities), encoder, {"math": {"math": 1.0}, "law": {"law": 1.0}})
+
+    store, manifest = BlobStore(str(tiny_artifact)), read_manifest(tiny_artifact)
+    entry = stage_router(store, fixed([0.7, 0.1, 0.1, 0.1]), {n: e.domain for n, e in manifest.routable_experts().items()})
+    write_manifest(store, merge(manifest, learned_router=entry))
+    model, router, manifest = load_artifact(tiny_artifact)
+    assert isinstance(router, GatedRouter) and router.detects_composed  # current for the experts: 'planning' is no expert's domain
+
+    query = "what is two plus three"
+    [settled] = plan_and_run(model, model.backbone.tokenizer, manifest, router, [query])
+    assert settled.plan.source == "router" and settled.plan.steps == (PlanStep("math", "math", None),)
+    alone = execute_plans(model, model.backbone.tokenizer, [query], [Plan((PlanStep("math", "math", None),), source="given")])[0]
+    assert settled.text == alone.text and settled.steps[0].completion == alone.steps[0].completion
+    [planned] = plan_and_run(model, model.backbone.tokenizer, manifest, gate([0.1, 0.2, 0.6, 0.1]), [query])
+    assert planned.plan.source == "fallback"  # the planner ran (2 steps teach it no JSON) and fell back to the router's one expert
+    assert planned.plan.steps == (PlanStep("law", "law", None),)  # law 0.5 of the rest
 
 
 def test_planner_train_refuses_a_planner_named_like_an_expert(tiny_artifact, tmp_path, capsys):

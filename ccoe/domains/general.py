@@ -19,7 +19,7 @@ backbone; with user-phrased and exam-style questions on both sides, the topic is
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ccoe.config import LearnedRouterSpec
 from ccoe.domains.phrasings import GENERATORS
@@ -116,16 +116,31 @@ def topic_questions(domain: str | None, per_topic: int) -> list[str]:
 @dataclass(frozen=True)
 class RouterExamples:
     """What the learned router learns besides the experts' training prompts: `general`, the
-    out-of-domain class; `extra[domain]`, each domain's questions in other people's words."""
+    out-of-domain class; `extra[domain]`, each domain's questions in other people's words; `composed`,
+    queries that need several experts (the class PLANNER_DOMAIN; empty: the router has no such class)."""
 
     general: list[str]
     extra: dict[str, list[str]]
+    composed: list[str] = field(default_factory=list)
 
 
-def router_examples(domains, spec: LearnedRouterSpec) -> RouterExamples:
+def learns_composed(domains, spec: LearnedRouterSpec, planning: bool) -> bool:
+    """Whether a router for these domains gets the class PLANNER_DOMAIN (`router_examples`)."""
+    return planning and spec.composed > 0 and {"sql", "math"} <= set(domains)
+
+
+def router_examples(domains, spec: LearnedRouterSpec, planning: bool = False) -> RouterExamples:
     """Every offline source of the learned router for these domains, sized by `spec` (a source sized 0
-    is left out). A text that would land in a domain and out of domain is kept in the domain only."""
+    is left out). A text that would land in a domain and out of domain is kept in the domain only.
+    `planning` (the artifact has a planner): also `spec.composed` of the planner's composed training
+    queries (`ccoe.domains.composed`, seed `spec.composed_seed`) when sql and math are among the domains,
+    the only composition the planner knows."""
     domains = list(dict.fromkeys(domains))
+    composed = []
+    if learns_composed(domains, spec, planning):
+        from ccoe.domains.composed import composed_tasks
+
+        composed = [task.query for task in composed_tasks(spec.composed_seed, spec.composed)]
     extra = domain_examples(domains, spec.per_domain_set)
     for domain in domains:
         more = user_questions(domain, spec.per_user_set) + topic_questions(domain, spec.per_domain_topic)
@@ -135,4 +150,4 @@ def router_examples(domains, spec: LearnedRouterSpec) -> RouterExamples:
             extra[domain] = list(dict.fromkeys(extra.get(domain, []) + more))
     inside = {text for texts in extra.values() for text in texts}
     general = general_prompts(spec.per_general_set) + user_questions(None, spec.per_user_set) + topic_questions(None, spec.per_general_topic)
-    return RouterExamples(general=[t for t in dict.fromkeys(general) if t not in inside], extra=extra)
+    return RouterExamples(general=[t for t in dict.fromkeys(general) if t not in inside], extra=extra, composed=composed)

@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks.bench_router import HELDOUT, HELDOUT_3, HELDOUT_BLIND, HELDOUT_TEST, heldout, near_duplicates
+from benchmarks.bench_router import HELDOUT, HELDOUT_3, HELDOUT_4, HELDOUT_BLIND, HELDOUT_TEST, composed_queries, heldout, near_duplicates
 
 
 def test_near_duplicates_ignore_case_and_punctuation_and_keep_new_questions():
@@ -12,9 +12,20 @@ def test_near_duplicates_ignore_case_and_punctuation_and_keep_new_questions():
     assert near_duplicates(queries, dev, cutoff=0.99) == [False, True, False]
 
 
-def test_the_held_out_sets_hold_25_queries_per_domain_and_25_out_of_domain():
-    for path in (HELDOUT_BLIND, HELDOUT_3, HELDOUT_TEST):
+def test_the_held_out_sets_hold_25_queries_per_domain_and_25_or_100_out_of_domain():
+    for path in (HELDOUT_BLIND, HELDOUT_3, HELDOUT_4):
         labels = [label for _, label in heldout(path)]
         assert len(labels) == 150 and {labels.count(d) for d in ("math", "code", "law", "medical", "sql", None)} == {25}
+    labels = [label for _, label in heldout(HELDOUT_TEST)]
+    assert len(labels) == 225 and [labels.count(d) for d in ("math", "code", "law", "medical", "sql", None)] == [25] * 5 + [100]
     assert len(heldout(HELDOUT)) == 100
     assert all(json.loads(line)["query"].strip() for line in HELDOUT_TEST.read_text().splitlines())
+
+
+def test_the_composed_queries_are_the_planning_benchmarks_and_none_is_a_router_training_query():
+    from ccoe.config import LearnedRouterSpec
+    from ccoe.domains.composed import composed_tasks
+
+    queries = composed_queries()
+    spec = LearnedRouterSpec()
+    assert len(queries) == 80 and not set(queries) & {t.query for t in composed_tasks(spec.composed_seed, spec.composed)}
