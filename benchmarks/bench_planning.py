@@ -387,7 +387,8 @@ def report(r: dict) -> str:
     lines += ["", f"Goal \"planning does not lower single-domain accuracy\": **{'met' if kept else 'missed'}**. "
               f"Goal \"a single-domain query costs no more than routing\": **{'met' if cheap else 'missed'}**: "
               f"the planner ran for {calls}/{total} of them"
-              + (" (every other query's plan is the routed call itself, so it costs exactly what routing costs)" if calls < total else "")
+              + (" (the others the learned router planned as one step to its own expert: the routed call itself, so they cost "
+                 "exactly what routing costs)" if calls < total else "")
               + f"; measured, planned minus routed is at most {overhead:+.1%} of the routed call's time, against {before:+.0%} "
               f"when the planner plans every query. Answers of the two planned runs where they made the same plan: {same}. "
               "The three runs of each batch ran back to back in rotating order"
