@@ -24,6 +24,11 @@ Training prompts are the experts' own training prompts (no hand labels), each al
 paragraph and first sentence: training prompts are long and formatted, user questions are short, and
 the crops teach the classifier the short form.
 
+Composed queries: with a planner in the artifact the router also learns the planner's composed
+training queries as the class PLANNER_DOMAIN (whole, no views). A decision whose top class it is
+says `composed` (plan mode then runs the planner, `ccoe.planning.router_plans`) and still picks one
+expert from the other classes, renormalised.
+
 Decision (`GatedRouter`): the learned router's top class decides when its probability reaches
 `threshold` (a domain goes through the mapping matrix to an expert; out-of-domain goes to the
 backbone); below it the rules decide; with no rule match the backbone answers. Every decision names
@@ -194,8 +199,9 @@ class Neighbours:
 @dataclass(frozen=True)
 class LearnedRouter:
     """A trained router. classes: D domains (the last of them PLANNER_DOMAIN when it learned composed
-    queries) then OUT_OF_DOMAIN; weight (C, E); bias (C,); E the encoder's embedding size; `neighbours`: the vote mixed in (None: the linear head alone);
-    `out_of_domain_weight` scales the out-of-domain probability before renormalising."""
+    queries) then OUT_OF_DOMAIN; weight (C, E); bias (C,); E the encoder's embedding size;
+    `neighbours`: the vote mixed in (None: the linear head alone); `out_of_domain_weight` scales the
+    out-of-domain probability before renormalising."""
 
     classes: tuple[str, ...]
     threshold: float
