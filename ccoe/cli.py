@@ -219,7 +219,7 @@ def _cmd_router_train(args) -> int:
     from ccoe.config import LearnedRouterSpec
     from ccoe.domains.general import router_examples
     from ccoe.learned_router import SentenceEncoder, domain_prompts, train_learned_router, training_set
-    from ccoe.manifest import blob_store_for, merge, read_manifest, verify_present, write_manifest
+    from ccoe.manifest import PLANNER_DOMAIN, blob_store_for, merge, read_manifest, verify_present, write_manifest
     from ccoe.storage import BlobStore
 
     spec = load_yaml(LearnedRouterSpec, args.config) if args.config else LearnedRouterSpec()
@@ -229,7 +229,8 @@ def _cmd_router_train(args) -> int:
         return 2
     given = given_prompts(args.prompts)
     experts = {name: entry.domain for name, entry in manifest.routable_experts().items()}
-    examples = router_examples(experts.values(), spec, planning=len(manifest.experts) > len(experts))
+    planner = any(entry.domain == PLANNER_DOMAIN for entry in manifest.experts.values())
+    examples = router_examples(experts.values(), spec, planning=planner)
     data = training_set(domain_prompts(experts.values(), given), examples.general, spec, examples.extra, examples.composed)
     print(f"embedding {len(data.texts)} training texts ({', '.join(data.classes)})", file=sys.stderr)
 
