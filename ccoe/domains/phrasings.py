@@ -1,4 +1,5 @@
-"""Generated user-style questions for the learned router's code and sql classes.
+"""Generated user-style questions for the learned router's code and sql classes, and everyday ones for its
+out-of-domain class (`everyday_questions`).
 
 Why generate: the router's classes must differ by topic, not by style. The other classes get user-phrased
 questions from offline sets (consumer health searches, questions about terms of service, finance and
@@ -145,3 +146,82 @@ def sql_questions(count: int, seed: int = 0) -> list[str]:
 
 
 GENERATORS = {"code": code_questions, "sql": sql_questions}
+
+
+# Everyday questions for the out-of-domain class: the development sets showed the router sending questions
+# with a price, a duration or a quantity to math, and ones about pets, food, exercise or care to medical.
+# Each entry: a frame and its slots; what the slots hold keeps the question an everyday one.
+EVERYDAY = (
+    ("what's a good {product} under ${price}?", {"product": ("mechanical keyboard", "pair of running shoes", "espresso machine",
+     "robot vacuum", "tent for two", "air fryer", "office chair", "pair of headphones", "carry-on suitcase", "road bike"),
+     "price": ("50", "80", "100", "150", "200", "300", "500")}),
+    ("is a ${price} {product} worth it or should i save for a better one", {"product": ("blender", "mattress", "camera",
+     "gaming monitor", "stand mixer", "winter coat"), "price": ("60", "120", "250", "400", "900")}),
+    ("how long does it take to {trip}?", {"trip": ("walk the Camino de Santiago", "drive from Chicago to Denver",
+     "hike the Inca Trail", "cycle across the Netherlands", "take the train from Paris to Rome", "see the main sights of Kyoto",
+     "sail from Florida to the Bahamas")}),
+    ("what should i pack for {days} days of {activity} in {place} in {month}?", {"days": ("3", "5", "7", "10", "14"),
+     "activity": ("hiking", "skiing", "sightseeing", "camping", "beach time"), "place": ("Patagonia", "Iceland", "Japan",
+     "the Alps", "Morocco", "Scotland", "Vietnam"), "month": ("March", "June", "October", "December")}),
+    ("how often should i {task} on a {year} {car}?", {"task": ("change the oil", "rotate the tires", "replace the brake pads",
+     "change the air filter", "flush the coolant"), "year": ("2012", "2015", "2018", "2021"), "car": ("Honda Civic",
+     "Toyota Corolla", "Ford F-150", "Subaru Outback", "VW Golf")}),
+    ("my car makes a {noise} noise when i {action}, what could it be", {"noise": ("squealing", "clicking", "grinding",
+     "humming"), "action": ("turn the wheel", "brake", "accelerate", "go over bumps")}),
+    ("how long should a {food} rest after {cooking}?", {"food": ("steak", "roast chicken", "brisket", "pork shoulder",
+     "loaf of bread", "turkey"), "cooking": ("grilling", "roasting", "smoking", "baking")}),
+    ("how long do i cook a {weight} pound {food} at {temp} degrees?", {"weight": ("2", "3", "5", "8", "12"),
+     "food": ("turkey", "pork loin", "ham", "prime rib", "chicken"), "temp": ("325", "350", "375", "400")}),
+    ("what's the difference between {a} and {b}?", {"a": ("espresso", "baking soda", "a latte", "prosecco", "a stew",
+     "sourdough"), "b": ("ristretto", "baking powder", "a flat white", "champagne", "a braise", "regular bread")}),
+    ("can i use {swap} in {dish}?", {"swap": ("yogurt instead of sour cream", "honey instead of sugar", "olive oil instead of "
+     "butter", "oat milk instead of cream", "shallots instead of onions"), "dish": ("banana bread", "a curry", "pancakes",
+     "a soup", "brownies")}),
+    ("how often should i {task} my {pet}?", {"task": ("bathe", "walk", "brush", "feed", "trim the nails of"),
+     "pet": ("husky", "golden retriever", "cat", "rabbit", "guinea pig", "labrador", "poodle")}),
+    ("why does my {pet} {behaviour}?", {"pet": ("cat", "dog", "parrot", "puppy", "kitten"), "behaviour": ("purr so loudly",
+     "chew the furniture", "bark at night", "knead blankets", "follow me everywhere", "hide under the bed")}),
+    ("how much should a {months} month old {pet} weigh?", {"months": ("3", "4", "6", "8", "10"),
+     "pet": ("golden retriever", "german shepherd", "beagle", "maine coon kitten", "french bulldog")}),
+    ("how do i keep my {plant} alive while i'm away for {weeks} weeks?", {"plant": ("houseplants", "tomato plants",
+     "orchids", "succulents", "herb garden"), "weeks": ("2", "3", "4")}),
+    ("how do i get my {age} year old to {habit}?", {"age": ("2", "3", "4", "6", "9", "13"), "habit": ("sleep in their own bed",
+     "eat vegetables", "do homework without a fight", "put toys away", "stop interrupting", "spend less time on the tablet")}),
+    ("what's a good {weeks}-week plan to {goal}?", {"weeks": ("6", "8", "10", "12", "16"), "goal": ("run my first 5k",
+     "go from couch to a half marathon", "do 20 pull-ups", "get ready for a ski trip", "learn to swim laps")}),
+    ("what's the proper form for a {exercise}? i feel like {problem}", {"exercise": ("deadlift", "squat", "bench press",
+     "kettlebell swing", "push-up"), "problem": ("my hips shoot up first", "my back rounds", "my knees cave in",
+     "i'm using my arms too much")}),
+    ("how do i negotiate the price of {thing}?", {"thing": ("a used car at a dealership", "rent with my landlord",
+     "a sofa at a furniture store", "a house", "a wedding venue")}),
+    ("is it better to {choice}?", {"choice": ("lease a car or buy one", "rent or buy a flat", "pay off my credit card or build "
+     "an emergency fund first", "buy a new phone or repair the old one", "fly or take the night train to Vienna")}),
+    ("how much should i save each month to {goal} in {years} years?", {"goal": ("buy a house", "take a trip around the world",
+     "replace my car", "pay for a wedding"), "years": ("2", "3", "5")}),
+    ("who won the {year} {event}?", {"year": ("1986", "1994", "2003", "2010", "2018"), "event": ("World Cup", "Tour de France",
+     "Wimbledon men's final", "Eurovision Song Contest", "Super Bowl")}),
+    ("what's the oldest {thing} in the world that's still {state}?", {"thing": ("university", "restaurant", "hotel",
+     "brewery", "library"), "state": ("operating", "open", "in use")}),
+    ("can you rewrite this to sound more {tone}: '{text}'", {"tone": ("professional", "friendly", "polite", "confident"),
+     "text": ("hey just checking if u got my email lol", "i cant come tmrw sorry", "pls send the stuff asap",
+              "thx for the gift it was ok")}),
+    ("how many {item} do i need for {count} people?", {"item": ("pounds of pasta", "bottles of wine", "loaves of bread",
+     "pounds of ground beef", "bags of ice"), "count": ("8", "12", "20", "40")}),
+    ("recommend a {genre} {medium} like {title}", {"genre": ("sci-fi", "mystery", "fantasy", "historical"),
+     "medium": ("book", "show", "movie", "podcast"), "title": ("Dune", "Sherlock", "The Expanse", "Wolf Hall", "Dark")}),
+    ("how do i fix a {problem}?", {"problem": ("leaky faucet", "running toilet", "squeaky door", "stuck window",
+     "clogged shower drain", "wobbly table leg")}),
+)
+
+
+def everyday_questions(count: int, seed: int = 0) -> list[str]:
+    """`count` distinct everyday questions for the out-of-domain class, several of them carrying a price,
+    a duration or a quantity, or about pets, food, exercise or children: what the router must not send to
+    math or medical just because of a number or a body."""
+    rng = random.Random(f"everyday-phrasings:{seed}")
+
+    def draw() -> str:
+        frame, slots = rng.choice(EVERYDAY)
+        return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
+
+    return _distinct(count, rng, draw)

@@ -1,11 +1,11 @@
-"""Generated user-style questions for the learned router's code and sql classes."""
+"""Generated user-style questions for the learned router's code and sql classes and its out-of-domain class."""
 
 import pytest
 
-from ccoe.domains.phrasings import GENERATORS, LANGUAGES, SQL_CONCEPTS, code_questions, sql_questions
+from ccoe.domains.phrasings import EVERYDAY, GENERATORS, LANGUAGES, SQL_CONCEPTS, code_questions, everyday_questions, sql_questions
 
 
-@pytest.mark.parametrize("generate", [code_questions, sql_questions])
+@pytest.mark.parametrize("generate", [code_questions, sql_questions, everyday_questions])
 def test_the_generators_give_that_many_distinct_questions_the_same_for_a_seed(generate):
     questions = generate(400)
     assert len(questions) == 400 == len(set(questions))
@@ -32,3 +32,15 @@ def test_a_count_the_generator_cannot_reach_is_an_error_not_an_endless_loop():
     assert [q.lower() for q in _distinct(2, random.Random(0), iter(["x y", "z w"]).__next__)] == ["x y", "z w"]
     with pytest.raises(ValueError, match="could draw only 2 distinct questions, 3 asked"):
         _distinct(3, random.Random(0), lambda: "same")  # "Same" and "same": two at most
+
+
+def test_everyday_questions_fill_every_frame_and_none_is_a_domain_question():
+    import re
+
+    questions = everyday_questions(300)
+    frames = [re.compile(re.escape(frame.lower()).replace(r"\{", "{").replace(r"\}", "}").format(
+        **{name: ".+" for name in slots})) for frame, slots in EVERYDAY]
+    assert all(any(f.fullmatch(q.lower()) for f in frames) for q in questions)
+    assert {i for q in questions for i, f in enumerate(frames) if f.fullmatch(q.lower())} == set(range(len(EVERYDAY)))
+    assert "{" not in " ".join(questions)
+    assert not set(questions) & (set(code_questions(400)) | set(sql_questions(400)))
