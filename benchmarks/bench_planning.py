@@ -180,7 +180,7 @@ def main() -> None:
 
     def settled(prompts: Sequence[str]) -> list[Plan | None]:
         """What the router settles before the planner runs (what `plan_and_run` does)."""
-        return router_plans(decide(prompts)) if getattr(router, "detects_composed", False) else [None] * len(prompts)
+        return router_plans(decide(prompts)) if router.detects_composed else [None] * len(prompts)
 
     def run(prompts: list[str], plans: list[Plan]) -> tuple[list, float]:
         return timed(lambda: batched(lambda rows: execute_plans(model, tokenizer, [q for q, _ in rows], [p for _, p in rows], tools),

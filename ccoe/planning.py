@@ -413,7 +413,7 @@ def plan_and_run(model: CCoEModel, tokenizer, manifest: Manifest, router, querie
         decision = routed.get(query)
         return (None, None) if decision is None else (decision.domain, decision.expert)
 
-    decided = router_plans(decisions) if decisions is not None and getattr(router, "detects_composed", False) else None
+    decided = router_plans(decisions) if decisions is not None and router.detects_composed else None
     key = (lambda name: name) if keys is None else (lambda name: None if name is None else keys[name])
     states = shared_states(model, [key(name) for name in [setup.planner, *setup.experts.values()]])
     plans = plan_queries(model, tokenizer, queries, setup, route, key, states, decided)

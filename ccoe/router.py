@@ -54,6 +54,8 @@ def expert_for(domain: str, mapping: dict[str, dict[str, float]], available: Ite
 class RuleRouter:
     """Compiled form of a RouterSpec."""
 
+    detects_composed = False  # rules name one domain; only the learned router knows composed queries (`GatedRouter`)
+
     def __init__(self, spec: RouterSpec):
         self.spec = spec
         self.domains = list(spec.domains)

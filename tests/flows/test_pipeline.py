@@ -58,7 +58,7 @@ def test_the_pipeline_trains_the_planner_and_the_learned_router_into_the_candida
     config = tiny_config(tmp_path, planner={"composed": 6, "per_domain": 3, "max_length": 96, "layers": {"strategy": "top", "k": 1},
                                             "max_new_tokens": 24,
                                             "training": {"max_steps": 3, "batch_size": 2, "learning_rate": 1.0e-3, "log_every_n_steps": 1}},
-                         learned_router={"per_domain": 12, "per_general_set": 1, "views": False, "steps": 30, "per_user_set": 0, "per_domain_topic": 0, "per_general_topic": 0, "generated": 0}, gate=gate)
+                         learned_router={"per_domain": 12, "per_general_set": 1, "views": False, "steps": 30, "per_user_set": 0, "per_domain_topic": 0, "per_general_topic": 0, "generated": 0, "concepts": 0}, gate=gate)
     spec = load_yaml(PipelineSpec, config)
     summary = pipeline(str(config))
     assert sorted(summary["trained"]) == ["law", "math", "planner", "sql"] and summary["failures"] == {}
