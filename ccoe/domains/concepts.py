@@ -1,28 +1,30 @@
-"""Generated concept questions for the learned router: what people ask about a domain without writing
-its usual artefact (no query, no formula to evaluate, no code, no case facts).
+"""Generated concept questions for the learned router: what people ask about a domain beyond the
+artefact its training prompts are (a schema and a request, an arithmetic word problem, a tort fact
+pattern, a docstring).
 
 Why: the blind routing sets showed the router's remaining in-domain mistakes were of one kind. A
-database question with no SQL in it ("what is a covering index", "varchar(255) or text in postgres",
-"why does postgres ignore my index on LOWER(email)") went to code; a proof or a concept in math ("why
-are the eigenvalues of a real symmetric matrix real", "does the sum of 1/(n ln n) converge") to the
-backbone, code or medical; a legal doctrine or a situation outside torts and contracts (fair use,
-immigration deadlines) to the backbone; a framework concept ("the point of dependency injection in
-Spring") to the backbone. The domains' training prompts are artefacts (a schema and a request, an
-arithmetic word problem, a tort fact pattern, a docstring), and the user-phrased sets
-(`ccoe.domains.phrasings`, `ccoe.domains.general`) are mostly how-to requests. These generators add the
-conceptual side: concept x system x phrasing grids, comparisons of two named things, symptoms of a
-misbehaving system, statements to prove, legal doctrines and everyday legal situations.
+database question with no query to write ("what is a covering index", "varchar(255) or text in
+postgres", "why does postgres ignore my index on LOWER(email)") went to code; a proof or a concept in
+math ("why are the eigenvalues of a real symmetric matrix real", "does the sum of 1/(n ln n)
+converge") to the backbone, code or medical; a legal doctrine or a situation outside torts and
+contracts (fair use, immigration deadlines) to the backbone; a framework concept ("the point of
+dependency injection in Spring") to the backbone. The user-phrased sets (`ccoe.domains.phrasings`,
+`ccoe.domains.general`) are mostly how-to requests. These generators add the other side: concepts to
+explain, comparisons of two named things and symptoms of a misbehaving system (databases); statements
+to prove, series, concepts and short stated problems (math); doctrines and everyday legal situations
+(law); framework, language and general software concepts (code). Slots that only make sense together
+(a MySQL engine and MySQL, a landlord and a deposit) are drawn together.
 
-Each generator gives `count` distinct questions, deterministic for a seed, as people type them (some
-lower-cased). What they never are: training data for an expert, or anyone's eval set; routing
-quality is measured on query sets written by other people (`benchmarks/routing/`).
+Each generator gives `count` questions, distinct ignoring case, deterministic for a seed, as people
+type them (some lower-cased). What they never are: training data for an expert, or anyone's eval set;
+routing quality is measured on query sets written by other people (`benchmarks/routing/`).
 """
 
 from __future__ import annotations
 
 import random
 
-from ccoe.domains.phrasings import _distinct
+from ccoe.domains.phrasings import distinct_questions
 
 DB_SYSTEMS = ("PostgreSQL", "postgres", "MySQL", "SQLite", "SQL Server", "Oracle", "MariaDB", "my database")
 DB_CONCEPTS = (
@@ -37,27 +39,32 @@ DB_CONCEPTS = (
     "cardinality estimation", "an execution plan", "index selectivity", "a schema migration", "a star schema",
     "a lock escalation", "the buffer pool", "a tablespace", "point-in-time recovery", "logical replication",
 )
+# Pairs and symptoms that belong to one system carry it; None: any system (DB_SYSTEMS).
 DB_PAIRS = (
-    ("VARCHAR(255)", "TEXT"), ("CHAR", "VARCHAR"), ("a UUID", "a bigint identity as the primary key"), ("timestamp", "timestamptz"),
-    ("DECIMAL", "FLOAT for money"), ("a B-tree index", "a GIN index"), ("a clustered index", "a nonclustered index"),
-    ("a view", "a materialized view"), ("READ COMMITTED", "REPEATABLE READ"), ("REPEATABLE READ", "SERIALIZABLE"),
-    ("InnoDB", "MyISAM"), ("a primary key", "a unique index"), ("a subquery", "a join"), ("a CTE", "a temp table"),
-    ("EXISTS", "IN"), ("a hash join", "a merge join"), ("sharding", "partitioning"), ("optimistic locking", "pessimistic locking"),
-    ("a stored procedure", "a user-defined function"), ("normalizing", "denormalizing"), ("DELETE", "TRUNCATE"),
-    ("COUNT(*)", "COUNT(column)"), ("a natural key", "a surrogate key"), ("JSONB", "separate columns"),
-    ("an index scan", "a bitmap heap scan"), ("statement-level", "row-level triggers"), ("streaming replication", "logical replication"),
+    ("VARCHAR(255)", "TEXT", None), ("CHAR", "VARCHAR", None), ("a UUID", "a bigint identity as the primary key", None),
+    ("timestamp", "timestamptz", "PostgreSQL"), ("DECIMAL", "FLOAT for money", None), ("a B-tree index", "a GIN index", "PostgreSQL"),
+    ("a clustered index", "a nonclustered index", "SQL Server"), ("a view", "a materialized view", None),
+    ("READ COMMITTED", "REPEATABLE READ", None), ("REPEATABLE READ", "SERIALIZABLE", None), ("InnoDB", "MyISAM", "MySQL"),
+    ("a primary key", "a unique index", None), ("a subquery", "a join", None), ("a CTE", "a temp table", None), ("EXISTS", "IN", None),
+    ("a hash join", "a merge join", None), ("sharding", "partitioning", None), ("optimistic locking", "pessimistic locking", None),
+    ("a stored procedure", "a user-defined function", None), ("normalizing", "denormalizing", None), ("DELETE", "TRUNCATE", None),
+    ("COUNT(*)", "COUNT(column)", None), ("a natural key", "a surrogate key", None), ("JSONB", "separate columns", "PostgreSQL"),
+    ("an index scan", "a bitmap heap scan", "PostgreSQL"), ("statement-level", "row-level triggers", None),
+    ("streaming replication", "logical replication", "PostgreSQL"), ("WAL mode", "rollback journal mode", "SQLite"),
+    ("NVARCHAR", "VARCHAR", "SQL Server"), ("a sequence", "an identity column", "Oracle"),
 )
 DB_SYMPTOMS = (
-    "ignore my index when I filter on LOWER(email)", "do a sequential scan even though the column is indexed",
-    "show 'Rows Removed by Filter' in EXPLAIN ANALYZE", "deadlock when two transactions update the same rows",
-    "say 'duplicate key value violates unique constraint' on insert", "run out of connections under load",
-    "get slower and slower after millions of updates", "lock the whole table while I run ALTER TABLE",
-    "let the read replica lag minutes behind the primary", "return rows in a different order each time",
-    "take so long to count the rows of a big table", "say 'could not serialize access due to concurrent update'",
-    "say 'Lock wait timeout exceeded; try restarting transaction'", "use so much disk after I add a few indexes",
-    "pick a nested loop join that takes forever", "say the column must appear in the GROUP BY clause",
-    "keep the old value when I read inside my transaction", "say 'database is locked' when two processes write",
-    "give 'ORA-00942: table or view does not exist' though I can see the table", "estimate 1 row when there are thousands",
+    ("ignore my index when I filter on LOWER(email)", None), ("do a sequential scan even though the column is indexed", None),
+    ("show 'Rows Removed by Filter' in EXPLAIN ANALYZE", "PostgreSQL"), ("deadlock when two transactions update the same rows", None),
+    ("say 'duplicate key value violates unique constraint' on insert", "PostgreSQL"), ("run out of connections under load", None),
+    ("get slower and slower after millions of updates", None), ("lock the whole table while I run ALTER TABLE", None),
+    ("let the read replica lag minutes behind the primary", None), ("return rows in a different order each time", None),
+    ("take so long to count the rows of a big table", None), ("say 'could not serialize access due to concurrent update'", "PostgreSQL"),
+    ("say 'Lock wait timeout exceeded; try restarting transaction'", "MySQL"), ("use so much disk after I add a few indexes", None),
+    ("pick a nested loop join that takes forever", None), ("say the column must appear in the GROUP BY clause", "PostgreSQL"),
+    ("keep the old value when I read inside my transaction", None), ("say 'database is locked' when two processes write", "SQLite"),
+    ("give 'ORA-00942: table or view does not exist' though I can see the table", "Oracle"),
+    ("estimate 1 row when there are thousands", None), ("escalate my row locks to a table lock", "SQL Server"),
 )
 DB_CONCEPT_FRAMES = (
     "what is {concept} in {system}?", "Can someone explain {concept} in databases?", "How does {system} implement {concept}?",
@@ -65,15 +72,16 @@ DB_CONCEPT_FRAMES = (
     "Is {concept} something I need to care about in {system}?",
 )
 DB_PAIR_FRAMES = (
-    "{system}: {a} vs {b}, which should I use?", "should i use {a} or {b} in {system}", "What's the difference between {a} and {b} in a database?",
+    "{system}: {a} vs {b}, which should I use?", "should i use {a} or {b} in {system}", "What's the difference between {a} and {b} in {system}?",
     "{a} or {b} - what are the tradeoffs in {system}?",
 )
-DB_SYMPTOM_FRAMES = ("Why does {system} {symptom}?", "why would {system} {symptom}", "How do I stop {system} when queries {symptom}?")
+DB_SYMPTOM_FRAMES = ("Why does {system} {symptom}?", "why would {system} {symptom}", "What would make {system} {symptom}, and how do I fix it?")
 
 
 def database_questions(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct database questions with no query in them: concepts, two-way comparisons and
-    symptoms of a misbehaving database, about 2:1:1, each with a database system."""
+    """`count` database questions with no query to write: concepts, two-way comparisons and symptoms of
+    a misbehaving database, drawn about 2:1:1, most naming a database system (a system-specific pair
+    or symptom its own)."""
     rng = random.Random(f"database-concepts:{seed}")
 
     def draw() -> str:
@@ -81,11 +89,12 @@ def database_questions(count: int, seed: int = 0) -> list[str]:
         if kind == "concept":
             return rng.choice(DB_CONCEPT_FRAMES).format(concept=rng.choice(DB_CONCEPTS), system=system)
         if kind == "pair":
-            a, b = rng.choice(DB_PAIRS)
-            return rng.choice(DB_PAIR_FRAMES).format(a=a, b=b, system=system)
-        return rng.choice(DB_SYMPTOM_FRAMES).format(symptom=rng.choice(DB_SYMPTOMS), system=system)
+            a, b, own = rng.choice(DB_PAIRS)
+            return rng.choice(DB_PAIR_FRAMES).format(a=a, b=b, system=own or system)
+        symptom, own = rng.choice(DB_SYMPTOMS)
+        return rng.choice(DB_SYMPTOM_FRAMES).format(symptom=symptom, system=own or system)
 
-    return _distinct(count, rng, draw)
+    return distinct_questions(count, rng, draw, "concepts")
 
 
 STATEMENTS = (
@@ -124,7 +133,7 @@ MATH_CONCEPTS = (
     "the null space of a matrix", "a bijection", "the derivative as a limit", "an improper integral", "a recurrence relation",
 )
 CONCEPT_FRAMES = (
-    "explain {c} intuitively", "What is {c}, in simple terms?", "Can you explain {c} with an example?",
+    "explain {c} intuitively", "{c} in simple terms?", "Can you explain {c} with an example?",
     "i never really understood {c}, can you help?", "ELI5: {c}", "what's the idea behind {c}?",
 )
 PROBLEM_FRAMES = (
@@ -143,8 +152,9 @@ PROBLEM_FRAMES = (
 
 
 def math_questions(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct math questions unlike the domain's word problems: proofs, series convergence,
-    concepts to explain and short stated problems (probability, algebra, calculus), about 3:1:3:3."""
+    """`count` math questions unlike the domain's word problems: statements to prove, series to test,
+    concepts to explain and short stated problems (probability, algebra, calculus), drawn 3:1:3:3 (the
+    small sets, series and problems, run out of new texts first, so they end up rarer)."""
     rng = random.Random(f"math-concepts:{seed}")
 
     def draw() -> str:
@@ -158,7 +168,7 @@ def math_questions(count: int, seed: int = 0) -> list[str]:
         frame, slots = rng.choice(PROBLEM_FRAMES)
         return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
 
-    return _distinct(count, rng, draw)
+    return distinct_questions(count, rng, draw, "concepts")
 
 
 DOCTRINES = (
@@ -174,14 +184,15 @@ DOCTRINES = (
 )
 JURISDICTIONS = ("California", "Texas", "New York", "Florida", "Ontario", "England", "Australia", "the US", "the EU", "Germany")
 DOCTRINE_FRAMES = (
-    "what is {d} in law?", "Can you explain {d} in plain English?", "how does {d} work in {j}?", "Legally speaking, what does {d} mean?",
-    "When does {d} apply?", "what are the elements of {d}?",
+    "what does {d} mean in law?", "Can you explain {d} in plain English?", "how does {d} work in {j}?",
+    "Legally speaking, what is meant by {d}?", "When does {d} come up in a case?", "{d} in {j} - how does a court apply it?",
 )
 SITUATIONS = (
-    ("my {party} {act}. is that legal?", {"party": ("landlord", "employer", "HOA", "ex", "business partner", "contractor"),
-     "act": ("kept my whole security deposit without listing any damage", "won't pay me for overtime",
-             "changed the locks while I was away", "read my private messages", "is withholding my last paycheck",
-             "fined me for a flag on my balcony", "took the deposit and never started the job")}),
+    ("my {who_act}. is that legal?", {"who_act": ("landlord kept my whole security deposit without listing any damage",
+     "landlord changed the locks while I was away", "employer won't pay me for overtime", "employer read my private messages on my "
+     "own phone", "old employer is withholding my last paycheck", "HOA fined me for a flag on my balcony", "contractor took the "
+     "deposit and never started the job", "business partner registered our company's name for himself", "ex moved abroad with our "
+     "kids without asking me")}),
     ("can i {use} without permission?", {"use": ("use a 10 second song clip in my YouTube video", "quote song lyrics in my novel",
      "put a brand's logo on t-shirts I sell", "copy a recipe from a cookbook onto my blog", "sell fan art of a Disney character",
      "use a photo I found on Google on my website", "record a phone call with my boss", "name my bakery like one in another state")}),
@@ -214,42 +225,46 @@ def law_questions(count: int, seed: int = 0) -> list[str]:
         frame, slots = rng.choice(SITUATIONS)
         return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
 
-    return _distinct(count, rng, draw)
+    return distinct_questions(count, rng, draw, "concepts")
 
 
 FRAMEWORK_CONCEPTS = (
-    ("Spring Boot", ("dependency injection", "a bean's scope", "@Transactional", "auto-configuration")),
-    ("React", ("useEffect vs useLayoutEffect", "the virtual DOM", "keys in lists", "a custom hook", "context vs props")),
-    ("C#", ("async/await", "ValueTask vs Task", "LINQ deferred execution", "IDisposable and using")),
-    ("Kotlin", ("coroutines", "sealed classes", "null safety", "extension functions")),
-    ("Android", ("the activity lifecycle", "a ViewModel", "Jetpack Compose recomposition")),
+    ("Spring Boot", ("dependency injection", "a bean's scope", "@Transactional", "auto-configuration", "profiles")),
+    ("React", ("useEffect vs useLayoutEffect", "the virtual DOM", "keys in lists", "a custom hook", "context vs props", "memo and useCallback")),
+    ("C#", ("async/await", "ValueTask vs Task", "LINQ deferred execution", "IDisposable and using", "records vs classes")),
+    ("Kotlin", ("coroutines", "sealed classes", "null safety", "extension functions", "data classes")),
+    ("Android", ("the activity lifecycle", "a ViewModel", "Jetpack Compose recomposition", "Gradle build variants")),
     ("C++", ("move semantics", "RAII", "a CMakeLists.txt", "undefined behaviour", "smart pointers", "templates vs virtual functions")),
-    ("Rust", ("lifetimes", "the borrow checker", "traits vs generics", "Box vs Rc vs Arc")),
-    ("Python", ("the GIL", "decorators", "generators vs lists", "metaclasses", "asyncio's event loop", "a virtual environment")),
-    ("JavaScript", ("closures", "the event loop", "promises vs callbacks", "prototype inheritance", "hoisting")),
-    ("Go", ("goroutines vs threads", "interfaces", "channels", "the context package")),
-    ("Git", ("rebase vs merge", "detached HEAD", "the reflog")),
-    ("Docker", ("layers and the build cache", "volumes vs bind mounts", "multi-stage builds")),
-    ("Kubernetes", ("a pod vs a deployment", "liveness vs readiness probes", "a service vs an ingress")),
-    ("TypeScript", ("generics", "any vs unknown", "type narrowing")),
-    ("Java", ("the JVM's garbage collector", "checked exceptions", "streams", "equals and hashCode")),
+    ("Rust", ("lifetimes", "the borrow checker", "traits vs generics", "Box vs Rc vs Arc", "the ? operator")),
+    ("Python", ("the GIL", "decorators", "generators vs lists", "metaclasses", "asyncio's event loop", "a virtual environment", "dataclasses")),
+    ("JavaScript", ("closures", "the event loop", "promises vs callbacks", "prototype inheritance", "hoisting", "this binding")),
+    ("Go", ("goroutines vs threads", "interfaces", "channels", "the context package", "modules and go.sum")),
+    ("Git", ("rebase vs merge", "detached HEAD", "the reflog", "cherry-pick", "submodules")),
+    ("Docker", ("layers and the build cache", "volumes vs bind mounts", "multi-stage builds", "ENTRYPOINT vs CMD")),
+    ("Kubernetes", ("a pod vs a deployment", "liveness vs readiness probes", "a service vs an ingress", "a ConfigMap")),
+    ("TypeScript", ("generics", "any vs unknown", "type narrowing", "declaration files")),
+    ("Java", ("the JVM's garbage collector", "checked exceptions", "streams", "equals and hashCode", "virtual threads")),
+    ("Terraform", ("state files", "modules", "plan vs apply")),
+    ("webpack", ("code splitting", "tree shaking", "loaders vs plugins")),
+    ("nginx", ("a reverse proxy", "upstream blocks", "location matching")),
 )
 FRAMEWORK_FRAMES = (
     "What's the point of {c} in {f}?", "{f}: can someone explain {c}?", "how does {c} work in {f}", "ELI5 {c} ({f})",
     "When should I care about {c} in {f}?",
 )
 DESIGN = (
-    "the difference between a process and a thread", "big-O notation", "what a race condition is", "REST vs GraphQL",
-    "SOLID principles", "the difference between a stack and a heap", "unit tests vs integration tests", "what a memory leak is",
-    "microservices vs a monolith", "how a hash map works", "what a mutex is", "tail recursion", "functional vs object-oriented programming",
-    "what a compiler does vs an interpreter", "semantic versioning", "continuous integration",
+    "processes vs threads", "big-O notation", "race conditions", "REST vs GraphQL", "the SOLID principles", "the stack vs the heap",
+    "unit tests vs integration tests", "memory leaks", "microservices vs a monolith", "hash maps", "mutexes", "tail recursion",
+    "functional vs object-oriented programming", "compilers vs interpreters", "semantic versioning", "continuous integration",
+    "garbage collection", "immutability", "idempotent APIs", "the factory pattern", "event-driven architecture", "technical debt",
+    "websockets vs polling", "OAuth authorization flows", "dependency injection", "caching strategies",
 )
-DESIGN_FRAMES = ("can you explain {c}?", "What is {c} in programming?", "explain {c} like I'm a junior developer")
+DESIGN_FRAMES = ("can you explain {c}?", "{c} in programming - what should I know?", "explain {c} like I'm a junior developer")
 
 
 def framework_questions(count: int, seed: int = 0) -> list[str]:
-    """`count` distinct programming concept questions (a framework's or language's concept, or a general
-    software concept), about 3:1: what the how-to and error questions of `phrasings.code_questions` miss."""
+    """`count` programming concept questions (a framework's or language's concept, or a general software
+    concept), drawn 3:1: what the how-to and error questions of `phrasings.code_questions` miss."""
     rng = random.Random(f"code-concepts:{seed}")
 
     def draw() -> str:
@@ -258,7 +273,7 @@ def framework_questions(count: int, seed: int = 0) -> list[str]:
             return rng.choice(FRAMEWORK_FRAMES).format(c=rng.choice(concepts), f=framework)
         return rng.choice(DESIGN_FRAMES).format(c=rng.choice(DESIGN))
 
-    return _distinct(count, rng, draw)
+    return distinct_questions(count, rng, draw, "concepts")
 
 
 CONCEPTS = {"sql": database_questions, "math": math_questions, "law": law_questions, "code": framework_questions}

@@ -70,16 +70,18 @@ ERROR_FRAMES = (
 TOOL_FRAMES = ("How do I {task} with {tool}?", "{tool}: how to {task}", "what's the command to {task} in {tool}?")
 
 
-def _distinct(count: int, rng: random.Random, draw) -> list[str]:
-    """`count` distinct texts from `draw()`, each capitalised (7 in 10) or lower-cased as people type;
-    a count the generator cannot reach is an error, not an endless loop."""
-    out: dict[str, None] = {}
+def distinct_questions(count: int, rng: random.Random, draw, setting: str = "generated") -> list[str]:
+    """`count` texts from `draw()`, distinct ignoring case (the router's encoder lower-cases, so "What
+    is X" and "what is x" would be one text counted twice), each capitalised (7 in 10) or lower-cased
+    as people type; a count the generator cannot reach is an error naming the `setting` to lower,
+    not an endless loop."""
+    out: dict[str, str] = {}
     for _ in range(100 * count + 1000):
         if len(out) >= count:
-            return list(out)
+            return list(out.values())
         text = draw()
-        out[text[0].upper() + text[1:] if rng.random() < 0.7 else text.lower()] = None
-    raise ValueError(f"could draw only {len(out)} distinct questions, {count} asked: lower `generated`")
+        out.setdefault(text.lower(), text[0].upper() + text[1:] if rng.random() < 0.7 else text.lower())
+    raise ValueError(f"could draw only {len(out)} distinct questions, {count} asked: lower `{setting}`")
 
 
 def code_questions(count: int, seed: int = 0) -> list[str]:
@@ -97,7 +99,7 @@ def code_questions(count: int, seed: int = 0) -> list[str]:
         tool, tasks = rng.choice(TOOLS)
         return rng.choice(TOOL_FRAMES).format(task=rng.choice(tasks), tool=tool)
 
-    return _distinct(count, rng, draw)
+    return distinct_questions(count, rng, draw)
 
 
 TABLES = (
@@ -142,7 +144,7 @@ def sql_questions(count: int, seed: int = 0) -> list[str]:
         request = rng.choice(SQL_REQUESTS).format(table=table, column=rng.choice(columns), other=other, value=rng.choice(VALUES))
         return rng.choice(SQL_FRAMES).format(request=request)
 
-    return _distinct(count, rng, draw)
+    return distinct_questions(count, rng, draw)
 
 
 GENERATORS = {"code": code_questions, "sql": sql_questions}
@@ -174,9 +176,11 @@ EVERYDAY = (
      "food": ("turkey", "pork loin", "ham", "prime rib", "chicken"), "temp": ("325", "350", "375", "400")}),
     ("what's the difference between {pair}?", {"pair": ("espresso and ristretto", "baking soda and baking powder",
      "a latte and a flat white", "prosecco and champagne", "a stew and a braise", "sourdough and regular bread")}),
-    ("{pair} for {use}?", {"pair": ("kindle or kobo", "minivan or three-row suv", "ipad or a cheap laptop", "gas or charcoal grill",
-     "airpods or sony earbuds", "robot vacuum or cordless stick vacuum", "road bike or hybrid bike", "down or synthetic jacket"),
-     "use": ("a family of five", "reading in bed", "a small apartment", "commuting", "weekend trips", "a beginner")}),
+    ("{ask}{choice}?", {"ask": ("", "which is better: ", "help me choose: "), "choice": ("kindle or kobo for reading in bed",
+     "minivan or three-row suv for a family of five", "ipad or a cheap laptop for taking notes in class",
+     "gas or charcoal grill for a small patio", "airpods or sony earbuds for running", "robot vacuum or cordless stick vacuum for a "
+     "small flat", "road bike or hybrid bike for commuting", "down or synthetic jacket for wet weather", "espresso machine or moka pot "
+     "for a beginner", "a tent or a hammock for a week of backpacking")}),
     ("is a {size} inch {screen} too big for a {room} {place}?", {"size": ("43", "55", "65", "75"), "screen": ("tv", "monitor"),
      "room": ("10x12", "12x14", "small", "narrow"), "place": ("bedroom", "living room", "office", "dorm room")}),
     ("how do i get {stain} out of {fabric}?", {"stain": ("red wine", "coffee", "grease", "ink", "candle wax", "a sweat stain"),
@@ -226,20 +230,20 @@ EVERYDAY = (
      "pounds of ground beef", "bags of ice"), "count": ("8", "12", "20", "40")}),
     ("recommend a {genre} {medium} like {title}", {"genre": ("sci-fi", "mystery", "fantasy", "historical"),
      "medium": ("book", "show", "movie", "podcast"), "title": ("Dune", "Sherlock", "The Expanse", "Wolf Hall", "Dark")}),
-    ("{ask} {topic}{tail}", {"ask": ("explain", "can you explain", "how does", "eli5:"), "topic": ("the greenhouse effect",
-     "plate tectonics", "how tides work", "how airplanes stay in the air", "black holes", "the causes of World War I", "the electoral college",
+    ("{ask} {topic}{tail}", {"ask": ("explain", "can you explain", "help me understand", "eli5:"), "topic": ("the greenhouse effect",
+     "plate tectonics", "how tides work", "how airplanes stay in the air", "black holes", "the causes of World War I", "how hurricanes form",
      "how a heat pump heats a house", "how noise-cancelling headphones work", "the fall of the Roman Empire", "how bread rises",
      "how a refrigerator keeps things cold", "why the sky is blue"), "tail": ("", " in simple terms", " to a ten year old", "?")}),
-    ("what are the rules of {game}?", {"game": ("cricket", "rugby", "curling", "pickleball", "mahjong", "bridge", "go",
-     "american football", "the offside rule in hockey", "scoring in tennis")}),
+    ("how does {game} work?", {"game": ("cricket", "rugby", "curling", "pickleball", "mahjong", "bridge", "the game of go",
+     "american football", "offside in ice hockey", "scoring in tennis")}),
     ("how do you say '{phrase}' in {language}?", {"phrase": ("good morning", "where is the bathroom", "thank you very much",
      "how much does this cost", "i'm lost", "nice to meet you"), "language": ("French", "Spanish", "Italian", "Japanese",
      "Portuguese", "Korean", "Dutch")}),
     ("write a {kind} for my {who}'s {event}", {"kind": ("toast", "short speech", "poem", "card message"), "who": ("best friend",
      "brother", "grandmother", "coworker", "daughter"), "event": ("wedding", "retirement", "50th birthday", "graduation")}),
-    ("how do i ask my {person} for {thing} without sounding {tone}?", {"person": ("boss", "manager", "teacher", "parents",
-     "team lead"), "thing": ("a raise", "a day off", "an extension", "more responsibility", "feedback"),
-     "tone": ("entitled", "rude", "needy", "desperate")}),
+    ("how do i ask {request} without sounding {tone}?", {"request": ("my boss for a raise", "my manager for a day off",
+     "my teacher for an extension", "my team lead for more responsibility", "a mentor for feedback on my portfolio",
+     "my parents to stop giving me career advice"), "tone": ("entitled", "rude", "needy", "desperate")}),
     ("how do i fix a {problem}?", {"problem": ("leaky faucet", "running toilet", "squeaky door", "stuck window",
      "clogged shower drain", "wobbly table leg")}),
 )
@@ -255,4 +259,4 @@ def everyday_questions(count: int, seed: int = 0) -> list[str]:
         frame, slots = rng.choice(EVERYDAY)
         return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
 
-    return _distinct(count, rng, draw)
+    return distinct_questions(count, rng, draw)

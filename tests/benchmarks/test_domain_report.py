@@ -16,7 +16,7 @@ def test_a_domain_budget_overrides_only_what_it_names():
     math, math_length = spec.budget("math")
     assert (law.objective, law_length) == ("choice", 576) and (math.objective, math_length) == ("lm", spec.max_length)
     assert law.max_steps == math.max_steps == spec.training.max_steps and law.learning_rate == spec.training.learning_rate
-    assert spec.budget("code")[0].max_steps == 160
+    assert spec.budget("code")[0].max_steps == 240
 
 
 def test_an_unknown_override_is_refused():

@@ -8,7 +8,7 @@ from ccoe.domains.phrasings import EVERYDAY, GENERATORS, LANGUAGES, SQL_CONCEPTS
 @pytest.mark.parametrize("generate", [code_questions, sql_questions, everyday_questions])
 def test_the_generators_give_that_many_distinct_questions_the_same_for_a_seed(generate):
     questions = generate(400)
-    assert len(questions) == 400 == len(set(questions))
+    assert len(questions) == 400 == len({q.lower() for q in questions})
     assert generate(400) == questions and generate(50) == questions[:50]
     assert generate(50, seed=1) != questions[:50]
 
@@ -24,14 +24,16 @@ def test_code_questions_name_a_language_or_tool_and_sql_questions_a_table_or_a_c
     assert sorted(GENERATORS) == ["code", "sql"]
 
 
-def test_a_count_the_generator_cannot_reach_is_an_error_not_an_endless_loop():
+def test_questions_are_distinct_ignoring_case_and_a_count_out_of_reach_names_its_setting():
     import random
 
-    from ccoe.domains.phrasings import _distinct
+    from ccoe.domains.phrasings import distinct_questions
 
-    assert [q.lower() for q in _distinct(2, random.Random(0), iter(["x y", "z w"]).__next__)] == ["x y", "z w"]
-    with pytest.raises(ValueError, match="could draw only 2 distinct questions, 3 asked"):
-        _distinct(3, random.Random(0), lambda: "same")  # "Same" and "same": two at most
+    assert [q.lower() for q in distinct_questions(2, random.Random(0), iter(["x y", "z w"]).__next__)] == ["x y", "z w"]
+    drawn = iter(["What is X", "what is x", "WHAT IS X", "Y"])
+    assert [q.lower() for q in distinct_questions(2, random.Random(0), drawn.__next__)] == ["what is x", "y"]  # one text the encoder sees once
+    with pytest.raises(ValueError, match="could draw only 1 distinct questions, 2 asked: lower `concepts`"):
+        distinct_questions(2, random.Random(0), lambda: "same", "concepts")
 
 
 def test_everyday_questions_fill_every_frame_and_none_is_a_domain_question():
