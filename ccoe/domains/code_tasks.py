@@ -315,11 +315,12 @@ def ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
 
 
 def decontaminated(tasks: list[dict], held_out: list[dict]) -> list[dict]:
-    """`tasks` without any whose function name is a held-out entry point or whose prompt shares an
-    `NGRAM`-word sequence with a held-out prompt (the standard n-gram overlap check)."""
-    names = {p["entry_point"] for p in held_out}
+    """`tasks` without any whose function name is a held-out entry point (ignoring case: MBPP writes
+    `decimal_To_Binary`) or whose prompt shares an `NGRAM`-word sequence with a held-out prompt (the
+    standard n-gram overlap check)."""
+    names = {p["entry_point"].lower() for p in held_out}
     seen = set().union(*(ngrams(p["prompt"]) for p in held_out)) if held_out else set()
-    return [t for t in tasks if re.search(r"^def (\w+)", t["code_prompt"], re.M)[1] not in names and not ngrams(t["code_prompt"]) & seen]
+    return [t for t in tasks if re.search(r"^def (\w+)", t["code_prompt"], re.M)[1].lower() not in names and not ngrams(t["code_prompt"]) & seen]
 
 
 def generated_tasks(count: int, seed: int = 0) -> list[dict]:
