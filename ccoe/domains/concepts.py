@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 
-from ccoe.domains.phrasings import distinct_questions
+from ccoe.domains.phrasings import distinct_questions, fill_frame
 
 DB_SYSTEMS = ("PostgreSQL", "postgres", "MySQL", "SQLite", "SQL Server", "Oracle", "MariaDB", "my database")
 DB_CONCEPTS = (
@@ -165,8 +165,7 @@ def math_questions(count: int, seed: int = 0) -> list[str]:
             return rng.choice(SERIES_FRAMES).format(series=rng.choice(SERIES))
         if kind == "concept":
             return rng.choice(CONCEPT_FRAMES).format(c=rng.choice(MATH_CONCEPTS))
-        frame, slots = rng.choice(PROBLEM_FRAMES)
-        return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
+        return fill_frame(rng, *rng.choice(PROBLEM_FRAMES))
 
     return distinct_questions(count, rng, draw, "concepts")
 
@@ -222,8 +221,7 @@ def law_questions(count: int, seed: int = 0) -> list[str]:
     def draw() -> str:
         if rng.random() < 0.5:
             return rng.choice(DOCTRINE_FRAMES).format(d=rng.choice(DOCTRINES), j=rng.choice(JURISDICTIONS))
-        frame, slots = rng.choice(SITUATIONS)
-        return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
+        return fill_frame(rng, *rng.choice(SITUATIONS))
 
     return distinct_questions(count, rng, draw, "concepts")
 

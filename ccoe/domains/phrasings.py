@@ -84,6 +84,11 @@ def distinct_questions(count: int, rng: random.Random, draw, setting: str = "gen
     raise ValueError(f"could draw only {len(out)} distinct questions, {count} asked: lower `{setting}`")
 
 
+def fill_frame(rng: random.Random, frame: str, slots: dict[str, tuple[str, ...]]) -> str:
+    """`frame` with each of its `slots` filled by one value drawn from that slot's values (in slot order)."""
+    return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
+
+
 def code_questions(count: int, seed: int = 0) -> list[str]:
     """`count` distinct programming questions in user phrasing: how-to (task x language), error messages
     (error x language) and tool questions (git, Docker, npm, ...), in about 5:3:2 proportion."""
@@ -256,7 +261,6 @@ def everyday_questions(count: int, seed: int = 0) -> list[str]:
     rng = random.Random(f"everyday-phrasings:{seed}")
 
     def draw() -> str:
-        frame, slots = rng.choice(EVERYDAY)
-        return frame.format(**{name: rng.choice(values) for name, values in slots.items()})
+        return fill_frame(rng, *rng.choice(EVERYDAY))
 
     return distinct_questions(count, rng, draw)
