@@ -60,7 +60,9 @@ PROGRESS_PREFIX = "ccoe-progress "
 
 class ProgressLines(pl.Callback):
     """Every `log_every_n_steps` steps (and at the last), rank 0 prints one line: step, loss, seconds
-    per step and ETA, flushed. A person running the CLI reads it; the parent of an isolated job picks
+    per step and ETA, flushed; after every validation, one line with the validation metrics (val/loss,
+    and val/choice_accuracy under the choice objective), so a step count can be chosen on the validation
+    split from the log alone. A person running the CLI reads them; the parent of an isolated job picks
     the lines out of the child's output by their prefix and forwards them (to the flow's log)."""
 
     def __init__(self, name: str, every: int):
@@ -77,6 +79,13 @@ class ProgressLines(pl.Callback):
         per_step = (time.perf_counter() - self._started) / max(step - self._first_step, 1)
         print(f"{PROGRESS_PREFIX}[{self.name}] step {step}/{total} loss {float(loss):.4f} {per_step:.2f} s/step "
               f"ETA {per_step * (total - step):.0f} s", flush=True)
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")}
+        print(f"{PROGRESS_PREFIX}[{self.name}] step {trainer.global_step}/{trainer.max_steps} validation "
+              + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
 
 
 def build_trainer(job: ExpertJobSpec, logger, checkpoint_dir: Path, callbacks=()) -> pl.Trainer:

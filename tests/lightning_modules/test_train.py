@@ -265,14 +265,16 @@ def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(job, tmp_pat
 
 
 def test_an_isolated_job_reports_its_progress_as_it_trains(job):
-    """A job in a child process is not silent: every log_every_n_steps steps one line reaches the parent."""
+    """A job in a child process is not silent: every log_every_n_steps steps one line reaches the parent,
+    and one after each validation (here at the end of the first epoch, step 4)."""
     import re
 
     lines = []
     short = job.model_copy(update={"training": job.training.model_copy(update={"max_steps": 5, "log_every_n_steps": 2})})
     train_expert(short, isolated=True, progress=lines.append)
-    assert [re.sub(r"loss \S+ \S+ s/step ETA \d+ s", "loss L T s/step ETA E s", line) for line in lines] == [
-        f"[adder] step {step}/5 loss L T s/step ETA E s" for step in (2, 4, 5)]
+    masked = [re.sub(r"loss \S+ \S+ s/step ETA \d+ s", "loss L T s/step ETA E s", re.sub(r"val/loss \d+\.\d{4}$", "val/loss V", line)) for line in lines]
+    assert masked == ["[adder] step 2/5 loss L T s/step ETA E s", "[adder] step 4/5 loss L T s/step ETA E s",
+                      "[adder] step 4/5 validation val/loss V", "[adder] step 5/5 loss L T s/step ETA E s"]
 
 
 def sum_choice_records():
@@ -291,10 +293,11 @@ def sum_choice_records():
     return rows
 
 
-def test_the_choice_objective_teaches_the_expert_to_rank_the_options(job, tmp_path):
+def test_the_choice_objective_teaches_the_expert_to_rank_the_options(job, tmp_path, capsys):
     """Trained through Lightning with objective `choice`, the expert ranks the right option first (by
     the scorer's length-normalised likelihood) far more often than the backbone, whose backbone bytes
-    stay as they were; validation logs the choice accuracy next to the gold NLL."""
+    stay as they were; validation logs the choice accuracy next to the gold NLL, and prints them as a
+    progress line."""
     choice_job = job.model_copy(update={
         "data": DataSpec(records=sum_choice_records(), val_fraction=0.2, use_chat_template=False, choices_field="choices"),
         "training": job.training.model_copy(update={"objective": "choice", "max_steps": 30, "val_check_interval": 30, "prefix_cache_mb": 8}),
@@ -312,3 +315,7 @@ def test_the_choice_objective_teaches_the_expert_to_rank_the_options(job, tmp_pa
     assert accuracy() >= 0.9 > start + 0.3
     assert backbone_bytes(module.model) == before_bytes
     assert {"val/loss", "val/choice_accuracy", "train/choice_accuracy"} <= set(trainer.logged_metrics)
+    logged = trainer.logged_metrics
+    validations = [line for line in capsys.readouterr().out.splitlines() if " validation " in line]
+    assert validations == [f"ccoe-progress [adder] step 30/30 validation val/choice_accuracy {float(logged['val/choice_accuracy']):.4f} "
+                           f"val/loss {float(logged['val/loss']):.4f}"]
