@@ -15,7 +15,8 @@ def test_a_domain_budget_overrides_only_what_it_names():
     law, law_length = spec.budget("law")
     math, math_length = spec.budget("math")
     assert (law.objective, law_length) == ("choice", 576) and (math.objective, math_length) == ("lm", spec.max_length)
-    assert law.max_steps == math.max_steps == spec.training.max_steps and law.learning_rate == spec.training.learning_rate
+    assert math.max_steps == spec.training.max_steps == 80 and law.max_steps == 240 and law.val_check_interval == 80
+    assert law.learning_rate == math.learning_rate == spec.training.learning_rate and math.val_check_interval is None
     assert spec.budget("code")[0].max_steps == 240
 
 
