@@ -298,11 +298,13 @@ def split_examples(examples: Sequence[Example], val_fraction: float, seed: int =
 
 
 def validation_items(data: DataSpec, limit: int | None = None) -> list[dict]:
-    """The validation split the trainer holds out of `data` ({prompt, response} rows); [] without one."""
+    """The validation split the trainer holds out of `data` ({prompt, response} rows; a multiple-choice
+    row also carries `choices` and `answer`, so a choice domain's scorer can rank its options); [] without one."""
     if data.val_fraction <= 0:
         return []
     _, val = split_examples(to_examples(load_records(data), data), data.val_fraction, data.seed)
-    return [{"prompt": ex.prompt, "response": ex.response} for ex in val][:limit]
+    return [{"prompt": ex.prompt, "response": ex.response, **({"choices": list(ex.choices), "answer": ex.answer} if ex.choices else {})}
+            for ex in val][:limit]
 
 
 def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True, system_prompt: str | None = None) -> list[int]:

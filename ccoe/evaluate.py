@@ -26,7 +26,9 @@ class DomainScore:
     pairwise (ccoe.evidence). `metric` is None for a domain without a scorer (loss only).
 
     item_scores: (n,) 0/1 task score per item (empty when unscored); item_nll: (n,) summed NLL of
-    the gold response; item_tokens: (n,) its token count, so loss = sum(item_nll) / sum(item_tokens).
+    the gold response; item_tokens: (n,) its token count, so loss = sum(item_nll) / sum(item_tokens);
+    item_outputs: (n,) the generated text per item (generate tasks only: kept so a report can say why
+    items failed, e.g. `CodeDomain.failure`).
     """
 
     domain: str
@@ -37,6 +39,7 @@ class DomainScore:
     item_scores: tuple[float, ...] = ()
     item_nll: tuple[float, ...] = ()
     item_tokens: tuple[float, ...] = ()
+    item_outputs: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {"domain": self.domain, "route": self.route or "backbone", "loss": self.loss, "metric": self.metric, "n": self.num_items}
@@ -185,11 +188,14 @@ def evaluate_domain(
                     for route, table in tables.items()}
     else:
         losses = evaluate_loss(model, tokenizer, domain.name, items, routes, spec=spec, batch_size=batch_size)
-        per_item = {r: [0.0] * len(items) for r in routes}
+        per_item, texts = {r: [0.0] * len(items) for r in routes}, {r: [""] * len(items) for r in routes}
         for rows in tqdm(generation_batches([it["prompt"] for it in items], routes, generation_batch_size),
                          desc=f"generate {domain.name}", disable=not progress):
             outputs = generate_text(model, tokenizer, [items[i]["prompt"] for i, _ in rows], [routes[r] for _, r in rows],
                                     max_new_tokens=max_new_tokens, use_chat_template=spec.use_chat_template, until=domain.complete)
             for (i, r), completion in zip(rows, outputs):
                 per_item[routes[r]][i] = domain.score(items[i], completion.text)
+                texts[routes[r]][i] = completion.text
+        return {r: replace(losses[r], metric=sum(per_item[r]) / len(items), item_scores=tuple(per_item[r]), item_outputs=tuple(texts[r]))
+                for r in routes}
     return {r: replace(losses[r], metric=sum(per_item[r]) / len(items), item_scores=tuple(per_item[r])) for r in routes}

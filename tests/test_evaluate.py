@@ -109,6 +109,9 @@ def test_generated_texts_do_not_depend_on_the_generation_batch(local_backbone_di
     many = evaluate_domain(model, tok, _Echo(), items, [None, "e", "g"], spec=SPEC, max_new_tokens=5, generation_batch_size=32)
     assert len({s for r in one.values() for s in r.item_scores}) > 5  # texts differ across items and routes
     assert {r: s.item_scores for r, s in one.items()} == {r: s.item_scores for r, s in many.items()}
+    assert {r: s.item_outputs for r, s in one.items()} == {r: s.item_outputs for r, s in many.items()}
+    assert all(len(s.item_outputs) == len(items) and s.item_scores == tuple(float(zlib.crc32(t.encode())) for t in s.item_outputs)
+               for s in one.values())
 
 
 def test_a_choice_domain_reads_its_gold_loss_off_the_choice_pass(local_backbone_dir):
@@ -122,6 +125,6 @@ def test_a_choice_domain_reads_its_gold_loss_off_the_choice_pass(local_backbone_
     separate = evaluate_loss(model, tok, "toy", items, [None, "e"], spec=SPEC)
     for route in (None, "e"):
         torch.testing.assert_close(torch.tensor(scored[route].item_nll), torch.tensor(separate[route].item_nll), atol=1e-4, rtol=1e-5)
-        assert scored[route].item_tokens == separate[route].item_tokens
+        assert scored[route].item_tokens == separate[route].item_tokens and scored[route].item_outputs == ()
         assert abs(scored[route].loss - separate[route].loss) < 1e-5
     assert scored[None].item_nll != scored["e"].item_nll

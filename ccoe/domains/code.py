@@ -99,6 +99,7 @@ def humaneval_problems() -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
+EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt|Warning))(?::|$)", re.M)
 FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
 
@@ -169,6 +170,18 @@ class CodeDomain:
 
     def score(self, item: dict, output) -> float:
         return 1.0 if run_python(program_for(item, str(output)), timeout_s=self.timeout_s).passed else 0.0
+
+    def failure(self, item: dict, output) -> str:
+        """Why `output` fails `item`, for a report's tally: "passed", "timeout", or the exception class
+        that ended the program (`AssertionError`: it ran and a test's answer was wrong; `SyntaxError`,
+        `IndentationError`: it never ran; `NameError`: it calls what it never defined), else "exit <code>"."""
+        result = run_python(program_for(item, str(output)), timeout_s=self.timeout_s)
+        if result.passed:
+            return "passed"
+        if result.timed_out:
+            return "timeout"
+        raised = [m.group(1) for m in EXCEPTION_LINE.finditer(result.output)]
+        return raised[-1] if raised else f"exit {result.returncode}"
 
     def complete(self, text: str) -> bool:
         """A closed fenced block: the first one is what runs, and appended text cannot move it."""

@@ -5,7 +5,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.domain_report import ReportSpec
+from benchmarks.domain_report import ReportSpec, failure_tally, report, validation_comparison
+from ccoe.backbone import load_backbone
+from ccoe.config import BackboneSpec, DataSpec
+from ccoe.data import validation_items
+from ccoe.domains import DOMAINS, eval_items
+from ccoe.evaluate import DomainScore, evaluate_domain
+from ccoe.evidence import paired_difference
+from ccoe.expert import create_expert
+from ccoe.model import CCoEModel
+from tests.conftest import perturb
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "domain-experts.yaml"
 
@@ -25,3 +34,52 @@ def test_an_unknown_override_is_refused():
     raw["domains"] = {"law": {"training": {"objectiv": "choice"}}}
     with pytest.raises(ValueError, match="objectiv"):
         ReportSpec.model_validate(raw)
+
+
+def test_the_validation_comparison_pairs_base_and_expert_on_the_trainers_held_out_choice_rows(local_backbone_dir):
+    """The rows are the trainer's validation split (options and answer kept), scored like the test set:
+    the metrics equal `evaluate_domain` on those rows, the interval is the paired one, and a generate
+    domain gets none (its training rows carry no scorer's fields)."""
+    backbone = load_backbone(BackboneSpec(source=str(local_backbone_dir)))
+    model = CCoEModel(backbone)
+    model.push_expert(perturb(create_expert(backbone, "law", "law", [2, 3]), scale=0.5))
+    words = "two three four five six seven eight nine ten".split()
+    records = [{"prompt": f"what is {words[i % 9]} plus {words[(i * 4) % 9]}", "choices": [words[(i + j) % 9] for j in range(3)], "answer": i % 3,
+                "response": "unused"} for i in range(60)]
+    data = DataSpec(records=records, choices_field="choices", answer_field="answer", val_fraction=0.25, use_chat_template=False)
+    spec = DataSpec(records=[], use_chat_template=False)
+    rows = validation_items(data)
+    assert 6 <= len(rows) <= 30 and all(row["response"] == row["choices"][row["answer"]] for row in rows)
+    assert {(row["prompt"], tuple(row["choices"])) for row in rows} <= {(r["prompt"], tuple(r["choices"])) for r in records}
+    row = validation_comparison(model, backbone.tokenizer, DOMAINS["law"], data, "law", spec, batch_size=4)
+    scores = evaluate_domain(model, backbone.tokenizer, DOMAINS["law"], rows, [None, "law"], spec=spec)
+    diff = paired_difference(scores["law"].item_scores, scores[None].item_scores, binary=True)
+    assert row == {"n": len(rows), "base": round(scores[None].metric, 4), "expert": round(scores["law"].metric, 4),
+                   "diff": round(diff.estimate, 4), "diff_low": round(diff.low, 4), "diff_high": round(diff.high, 4)}
+    assert row["diff_low"] <= row["diff"] <= row["diff_high"] and row["diff"] == round(row["expert"] - row["base"], 4)
+    assert validation_comparison(model, backbone.tokenizer, DOMAINS["math"], data, "law", spec) is None
+
+
+def test_the_report_prints_each_validation_comparison_with_its_interval():
+    row = {"domain": "medical", "n": 99, "base": 0.313, "expert": 0.313, "diff": 0.0, "diff_low": -0.14, "diff_high": 0.141, "detectable": 0.19,
+           "base_loss": 0.5, "expert_loss": 0.3, "loss_decrease_low": 0.1, "loss_decrease_high": 0.2, "train_s": 1, "eval_s": 1, "cpu": "x",
+           "budget": {"layers": "global k=8", "steps": 240, "batch_size": 4, "learning_rate": 1e-4, "objective": "choice"}, "isolated": True,
+           "val": {"n": 232, "base": 0.224, "expert": 0.353, "diff": 0.129, "diff_low": 0.05, "diff_high": 0.2}}
+    text = report([row])
+    assert "- medical on its validation split (n=232, held out of training but used to choose the budget, so not untuned): " \
+           "base 0.224 -> expert 0.353, +0.129 [+0.050, +0.200]." in text
+    assert "validation split" not in report([{**row, "val": None}])
+
+
+def test_code_failures_are_tallied_per_route_and_printed_side_by_side():
+    items = eval_items("code")[:3]
+    wrong = [f"```python\n{item['code_prompt']}    return None\n```" for item in items]
+    base = DomainScore("code", None, 0.4, 0.0, 3, item_outputs=(wrong[0], "no code here", wrong[2]))
+    expert = DomainScore("code", "code", 0.3, 1 / 3, 3, item_outputs=(items[0]["response"], wrong[1], wrong[2]))
+    tally = failure_tally(DOMAINS["code"], items, base, expert)
+    assert tally == {"base": {"AssertionError": 2, "SyntaxError": 1}, "expert": {"AssertionError": 2, "passed": 1}}
+    assert failure_tally(DOMAINS["math"], items, base, expert) is None
+    row = {"domain": "code", "n": 3, "base": 0.0, "expert": 0.333, "diff": 0.333, "diff_low": -0.1, "diff_high": 0.8, "detectable": 0.9,
+           "base_loss": 0.4, "expert_loss": 0.3, "loss_decrease_low": 0.0, "loss_decrease_high": 0.2, "train_s": 1, "eval_s": 1, "cpu": "x",
+           "budget": {"layers": "global k=8", "steps": 240, "batch_size": 4, "learning_rate": 1e-4}, "isolated": True, "failures": tally}
+    assert "- code, what ended each program (base -> expert): AssertionError 2 -> 2; SyntaxError 1 -> 0; passed 0 -> 1." in report([row])

@@ -54,6 +54,21 @@ def test_wrong_answers_score_zero():
     assert DOMAINS["code"].score(code_item, "```python\n" + code_item["code_prompt"] + "    return None\n```") == 0.0
 
 
+def test_a_failed_code_answer_is_named_by_what_ended_its_program():
+    """`CodeDomain.failure` tells a wrong answer (a test's assert) from code that never ran or called what it
+    never defined, and a hang from both; the gold solution is "passed"."""
+    from ccoe.domains.code import CodeDomain
+
+    item, code = eval_items("code")[0], CodeDomain(timeout_s=1.0)
+    body = item["code_prompt"]
+    assert code.failure(item, item["response"]) == "passed"
+    assert code.failure(item, f"```python\n{body}    return None\n```") == "AssertionError"
+    assert code.failure(item, f"```python\n{body}    return helper(numbers)\n```") == "NameError"
+    assert code.failure(item, f"```python\n{body}    return (\n```") == "SyntaxError"
+    assert code.failure(item, f"```python\n{body}        return 1\n```") == "IndentationError"
+    assert code.failure(item, f"```python\n{body}    while True:\n        pass\n```") == "timeout"
+    assert code.failure(item, f"```python\n{body}    raise SystemExit(3)\n```") == "exit 3"
+
 def test_final_number_and_sql_extraction():
     assert final_number("12 + 30 = 42\nThe answer is 1,042.") == "1042"
     assert final_number("no digits") is None
