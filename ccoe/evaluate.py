@@ -178,6 +178,7 @@ def evaluate_domain(
     spec = spec or DataSpec(records=[], max_length=768)
     routes = list(dict.fromkeys(routes))
     per_item: dict[Route, list[float]]
+    texts: dict[Route, list[str]] = {r: [] for r in routes}  # generated texts: none for a choice domain
     if domain.task == "choice":
         tables = choice_logprobs(model, tokenizer, items, routes, spec, batch_size)
         if all(it["response"] == it["choices"][it["answer"]] for it in items):
@@ -196,6 +197,5 @@ def evaluate_domain(
             for (i, r), completion in zip(rows, outputs):
                 per_item[routes[r]][i] = domain.score(items[i], completion.text)
                 texts[routes[r]][i] = completion.text
-        return {r: replace(losses[r], metric=sum(per_item[r]) / len(items), item_scores=tuple(per_item[r]), item_outputs=tuple(texts[r]))
-                for r in routes}
-    return {r: replace(losses[r], metric=sum(per_item[r]) / len(items), item_scores=tuple(per_item[r])) for r in routes}
+    return {r: replace(losses[r], metric=sum(per_item[r]) / len(items), item_scores=tuple(per_item[r]), item_outputs=tuple(texts[r]))
+            for r in routes}

@@ -169,7 +169,7 @@ class CodeDomain:
         return stdlib_functions(self.num_train) + generated, held
 
     def score(self, item: dict, output) -> float:
-        return 1.0 if run_python(program_for(item, str(output)), timeout_s=self.timeout_s).passed else 0.0
+        return 1.0 if self.failure(item, output) == "passed" else 0.0
 
     def failure(self, item: dict, output) -> str:
         """Why `output` fails `item`, for a report's tally: "passed", "timeout", or the exception class

@@ -69,6 +69,7 @@ def test_a_failed_code_answer_is_named_by_what_ended_its_program():
     assert code.failure(item, f"```python\n{body}    while True:\n        pass\n```") == "timeout"
     assert code.failure(item, f"```python\n{body}    raise SystemExit(3)\n```") == "exit 3"
 
+
 def test_final_number_and_sql_extraction():
     assert final_number("12 + 30 = 42\nThe answer is 1,042.") == "1042"
     assert final_number("no digits") is None
