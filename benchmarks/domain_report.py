@@ -51,6 +51,19 @@ class DomainBudget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     training: TrainingOverrides = Field(default_factory=TrainingOverrides)
     max_length: int | None = Field(None, ge=16)
+    test_looks: int = Field(1, ge=1, le=100, description="configurations of this domain's expert scored on its test set so far, this "
+                            "one included (the history in the config's comments): the report adds the interval that stays valid over all of them")
+
+
+def looks_adjusted(candidate: list[float], reference: list[float], looks: int) -> dict:
+    """Discordant items and, over `looks` configurations scored on the same test set, the Bonferroni
+    interval (confidence 1 - 0.05 / looks): {"test_looks", "expert_only", "base_only", "adjusted_low",
+    "adjusted_high"}. Why: choosing among configurations by their test scores makes the best one's 95%
+    interval too optimistic; the adjusted interval excludes 0 only if the winner would survive all looks."""
+    diff = paired_difference(candidate, reference, binary=True, confidence=1 - 0.05 / looks)
+    return {"test_looks": looks, "expert_only": sum(1 for a, b in zip(candidate, reference) if a > b),
+            "base_only": sum(1 for a, b in zip(candidate, reference) if a < b),
+            "adjusted_low": round(diff.low, 4), "adjusted_high": round(diff.high, 4)}
 
 
 class ReportSpec(BaseModel):
@@ -132,6 +145,7 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
             "train_s": round(train_s), "eval_s": round(time.perf_counter() - t0), "cpu": cpu_name(),
         })
         rows[-1]["failures"] = failure_tally(domain, items, base, tuned)
+        rows[-1].update(looks_adjusted(tuned.item_scores, base.item_scores, spec.domains.get(domain.name, DomainBudget()).test_looks))
         t0 = time.perf_counter()
         rows[-1]["val"] = validation_comparison(model, backbone.tokenizer, domain, job.data, expert_spec.name,
                                                 DataSpec(records=[], max_length=spec.eval.max_length), spec.eval.batch_size)
@@ -190,6 +204,10 @@ def report(rows: list[dict], backbone: str = "smollm2-135m-instruct") -> str:
         f"- Measured on: {', '.join(sorted({r['cpu'] for r in rows}))}."
         + (f" Not measured yet with this report: {', '.join(sorted(set(DOMAINS) - {r['domain'] for r in rows}))}." if set(DOMAINS) - {r["domain"] for r in rows} else ""),
     ] + [f"- {r['domain']}: {r['note']}." for r in rows if r.get("note")] + [
+        f"- {r['domain']}: {r['expert_only']} items right only under the expert, {r['base_only']} only under the base; {r['test_looks']} "
+        f"configurations of this expert scored on this test set so far, so over those looks (Bonferroni, {100 - 5 / r['test_looks']:.2f}%): "
+        f"[{r['adjusted_low']:+.3f}, {r['adjusted_high']:+.3f}]."
+        for r in rows if r.get("test_looks", 1) > 1] + [
         f"- {r['domain']} on its validation split (n={v['n']}, held out of training but used to choose the budget, so not untuned): "
         f"base {v['base']:.3f} -> expert {v['expert']:.3f}, {v['diff']:+.3f} [{v['diff_low']:+.3f}, {v['diff_high']:+.3f}]."
         for r in rows if (v := r.get("val"))] + [

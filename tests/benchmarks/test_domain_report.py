@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.domain_report import ReportSpec, failure_tally, report, validation_comparison
+from benchmarks.domain_report import DomainBudget, ReportSpec, failure_tally, looks_adjusted, report, validation_comparison
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec, DataSpec
 from ccoe.data import validation_items
@@ -27,6 +27,7 @@ def test_a_domain_budget_overrides_only_what_it_names():
     assert math.max_steps == spec.training.max_steps == 80 and law.max_steps == 240 and law.val_check_interval == 80
     assert law.learning_rate == math.learning_rate == spec.training.learning_rate and math.val_check_interval is None
     assert spec.budget("code")[0].max_steps == 240
+    assert (spec.domains["law"].test_looks, spec.domains["medical"].test_looks, spec.domains.get("math", DomainBudget()).test_looks) == (6, 5, 1)
 
 
 def test_an_unknown_override_is_refused():
@@ -83,3 +84,21 @@ def test_code_failures_are_tallied_per_route_and_printed_side_by_side():
            "base_loss": 0.4, "expert_loss": 0.3, "loss_decrease_low": 0.0, "loss_decrease_high": 0.2, "train_s": 1, "eval_s": 1, "cpu": "x",
            "budget": {"layers": "global k=8", "steps": 240, "batch_size": 4, "learning_rate": 1e-4}, "isolated": True, "failures": tally}
     assert "- code, what ended each program (base -> expert): AssertionError 2 -> 2; SyntaxError 1 -> 0; passed 0 -> 1." in report([row])
+
+
+def test_more_looks_at_one_test_set_widen_the_interval_that_must_exclude_zero():
+    """20 items right only under the expert, 6 only under the base, 74 equal (n=100): one look's 95%
+    interval excludes 0 (exact two-sided p of 20 vs 6 is ~0.009); over 6 looks the 99.17% interval reaches
+    below it, and the row and report say so with the discordant counts."""
+    expert = [1.0] * 20 + [0.0] * 6 + [1.0] * 30 + [0.0] * 44
+    base = [0.0] * 20 + [1.0] * 6 + [1.0] * 30 + [0.0] * 44
+    one, six = looks_adjusted(expert, base, 1), looks_adjusted(expert, base, 6)
+    assert (one["expert_only"], one["base_only"], six["test_looks"]) == (20, 6, 6)
+    assert one["adjusted_low"] > 0 and six["adjusted_low"] < 0 < six["adjusted_high"] < one["adjusted_high"] + 0.1
+    assert six["adjusted_low"] < one["adjusted_low"] and six["adjusted_high"] > one["adjusted_high"]
+    row = {"domain": "law", "n": 100, "base": 0.36, "expert": 0.5, "diff": 0.14, "diff_low": one["adjusted_low"], "diff_high": one["adjusted_high"],
+           "detectable": 0.12, "base_loss": 0.5, "expert_loss": 0.3, "loss_decrease_low": 0.1, "loss_decrease_high": 0.2, "train_s": 1, "eval_s": 1,
+           "cpu": "x", "budget": {"layers": "global k=8", "steps": 240, "batch_size": 4, "learning_rate": 1e-4}, "isolated": True, **six}
+    assert (f"- law: 20 items right only under the expert, 6 only under the base; 6 configurations of this expert scored on this "
+            f"test set so far, so over those looks (Bonferroni, 99.17%): [{six['adjusted_low']:+.3f}, {six['adjusted_high']:+.3f}].") in report([row])
+    assert "Bonferroni" not in report([{**row, **one}])
