@@ -74,9 +74,13 @@ class ReportSpec(BaseModel):
     eval: EvalSpec
     domains: dict[str, DomainBudget] = Field(default_factory=dict)
 
+    def own(self, domain: str) -> DomainBudget:
+        """`domain`'s departures from the shared budget (none when the config names none)."""
+        return self.domains.get(domain, DomainBudget())
+
     def budget(self, domain: str) -> tuple[TrainingSpec, int]:
         """(training spec, training max_length) of `domain`: the shared budget with its overrides."""
-        own = self.domains.get(domain, DomainBudget())
+        own = self.own(domain)
         return apply_overrides(self.training, own.training), own.max_length or self.max_length
 
 
@@ -145,7 +149,7 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
             "train_s": round(train_s), "eval_s": round(time.perf_counter() - t0), "cpu": cpu_name(),
         })
         rows[-1]["failures"] = failure_tally(domain, items, base, tuned)
-        rows[-1].update(looks_adjusted(tuned.item_scores, base.item_scores, spec.domains.get(domain.name, DomainBudget()).test_looks))
+        rows[-1].update(looks_adjusted(tuned.item_scores, base.item_scores, spec.own(domain.name).test_looks))
         t0 = time.perf_counter()
         rows[-1]["val"] = validation_comparison(model, backbone.tokenizer, domain, job.data, expert_spec.name,
                                                 DataSpec(records=[], max_length=spec.eval.max_length), spec.eval.batch_size)

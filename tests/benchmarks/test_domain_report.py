@@ -27,7 +27,8 @@ def test_a_domain_budget_overrides_only_what_it_names():
     assert math.max_steps == spec.training.max_steps == 80 and law.max_steps == 240 and law.val_check_interval == 80
     assert law.learning_rate == math.learning_rate == spec.training.learning_rate and math.val_check_interval is None
     assert spec.budget("code")[0].max_steps == 240
-    assert (spec.domains["law"].test_looks, spec.domains["medical"].test_looks, spec.domains.get("math", DomainBudget()).test_looks) == (6, 5, 1)
+    assert (spec.own("law").test_looks, spec.own("medical").test_looks, spec.own("math").test_looks) == (6, 5, 1)
+    assert spec.own("math") == DomainBudget()
 
 
 def test_an_unknown_override_is_refused():
