@@ -17,7 +17,7 @@ SECTIONS = ["runtime.md", "runtime-gemma.md", "inference.md", "inference-gemma.m
 # hours of CPU training and scoring on the real backbone, or a server under load: not part of `make bench`
 OPTIONAL = {"domains.md": "make domain-report", "domains-gemma.md": "make domain-report-gemma", "lora.md": "make lora-report", "router.md": "make router-report",
             "planning.md": "make planning-report", "serving.md": "make bench-serving", "engines.md": "make bench-serving",
-            "continual.md": "make continual-report"}
+            "continual.md": "make continual-report", "validation-trials.md": "benchmarks/domain_report.py --validation-only"}
 
 
 def main() -> None:

@@ -171,13 +171,28 @@ def validation_run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dic
     return rows
 
 
+def choice_text(budget: dict) -> str:
+    """", scale S, lm weight W" for a budget that records the choice objective's knobs (rows measured since they were recorded), else ""."""
+    return f", scale {budget['choice_scale']:g}, lm weight {budget['choice_lm_weight']:g}" if "choice_scale" in budget else ""
+
+
 def validation_lines(rows: list[dict]) -> str:
     """One line per validation trial: budget, base -> expert and the paired interval."""
     return "\n".join(
         f"- {r['domain']} ({r['budget']['layers']}, {r['budget']['steps']} x {r['budget']['batch_size']}, lr {r['budget']['learning_rate']:g}, "
-        f"{r['budget']['objective']}{', scale %g, lm weight %g' % (r['budget']['choice_scale'], r['budget']['choice_lm_weight']) if 'choice_scale' in r['budget'] else ''}): validation n={r['val']['n']}, base {r['val']['base']:.3f} -> expert {r['val']['expert']:.3f}, "
+        f"{r['budget']['objective']}{choice_text(r['budget'])}): validation n={r['val']['n']}, base {r['val']['base']:.3f} -> expert {r['val']['expert']:.3f}, "
         f"{r['val']['diff']:+.3f} [{r['val']['diff_low']:+.3f}, {r['val']['diff_high']:+.3f}]; train {r['train_s']} s ({r['cpu']})"
         for r in rows)
+
+
+def validation_section(trials: list[dict]) -> str:
+    """The BENCHMARKS.md section of every `--validation-only` trial so far, in the order they ran."""
+    return "\n".join([
+        "## Budget trials on the validation split (no test look)", "",
+        "Each line: one expert trained with that budget by `benchmarks/domain_report.py --validation-only` and scored, with the",
+        "base, on the validation split the trainer held out of its training data (paired 95% interval); the test set is not",
+        "scored, so a trial adds no `test_looks`. Only the budget that wins here is then scored on the test (the Domains table).", "",
+        validation_lines(trials), ""])
 
 
 def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
@@ -253,7 +268,7 @@ def report(rows: list[dict], backbone: str = "smollm2-135m-instruct") -> str:
         lines.append(
             f"| {r['domain']} | {r['n']} | {r['base']:.3f} | {r['expert']:.3f} | {r['diff']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}] | "
             f"{r['detectable']:.3f} | {r['base_loss']:.3f} -> {r['expert_loss']:.3f} ([{r['loss_decrease_low']:+.3f}, {r['loss_decrease_high']:+.3f}]) | "
-            f"{b['layers']}, {b['steps']} x {b['batch_size']}, lr {b['learning_rate']:g}{', ' + b['objective'] + ' objective' if b.get('objective', 'lm') != 'lm' else ''} | {r['train_s']} | {r['eval_s']} | "
+            f"{b['layers']}, {b['steps']} x {b['batch_size']}, lr {b['learning_rate']:g}{', ' + b['objective'] + ' objective' + choice_text(b) if b.get('objective', 'lm') != 'lm' else ''} | {r['train_s']} | {r['eval_s']} | "
             f"{'yes' if r.get('isolated') else 'NO'} |")
     above = [r["domain"] for r in rows if r["diff_low"] > 0]
     unclear = [r["domain"] for r in rows if r["diff_low"] <= 0 <= r["diff_high"]]
@@ -298,7 +313,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="ccoe-domain-validation-") as tmp:
             rows = validation_run(spec, Path(tmp), args.domains)
         log = Path(__file__).resolve().parent / "results" / "validation-trials.json"
-        log.write_text(json.dumps((json.loads(log.read_text()) if log.exists() else []) + rows, indent=2) + "\n")
+        trials = (json.loads(log.read_text()) if log.exists() else []) + rows
+        log.write_text(json.dumps(trials, indent=2) + "\n")
+        log.with_suffix(".md").write_text(validation_section(trials))
         print(validation_lines(rows))
         return
     with tempfile.TemporaryDirectory(prefix="ccoe-domain-report-") as tmp:

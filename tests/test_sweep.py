@@ -1,11 +1,18 @@
-"""The sweep grid becomes one job per point, and trials are ranked on validation NLL with intervals."""
+"""The sweep grid becomes one job per point, and trials are ranked on the validation split with intervals:
+by choice accuracy on multiple-choice rows, else by NLL."""
 
 import pytest
 
-from ccoe.config import DataSpec, LayerSelection, load_pipeline
+from ccoe.backbone import load_backbone
+from ccoe.config import BackboneSpec, DataSpec, LayerSelection, TrainingOverrides, load_pipeline
 from ccoe.data import validation_items
+from ccoe.domains import DOMAINS
+from ccoe.evaluate import evaluate_domain, evaluate_loss
+from ccoe.expert import create_expert
+from ccoe.model import CCoEModel
 from ccoe.pipeline import data_for
-from ccoe.sweep import SweepSpec, rank_trials, sweep_trials
+from ccoe.sweep import SweepSpec, rank_trials, sweep_trials, validation_scores
+from tests.conftest import perturb
 
 
 @pytest.fixture
@@ -52,3 +59,57 @@ def test_trials_are_ranked_by_validation_nll_with_intervals_and_diverged_ones_ar
     assert "| math-t1 | lr 0.001, top k=1, 3 steps | 2.1000 |" in result.markdown() and "math-t2 failed: diverged" in result.markdown()
     with pytest.raises(RuntimeError, match="every trial failed"):
         rank_trials(trials, {"math-t2": nll["math-t2"]}, {"math-t0": "oom"})
+
+
+def test_choice_lm_weights_are_grid_points_of_a_choice_expert_only(tiny):
+    plan = tiny.experts[0]
+    choice = plan.model_copy(update={"training": TrainingOverrides(objective="choice", choice_lm_weight=0.7)})
+    sweep = SweepSpec(learning_rates=[1e-4], layers=[LayerSelection(strategy="top", k=1)], choice_lm_weights=[0.2, 1.0])
+    trials = sweep_trials(tiny, choice, data_for(tiny, plan), sweep)
+    assert [(t.choice_lm_weight, t.job.training.choice_lm_weight, t.job.training.objective) for t in trials] == [(0.2, 0.2, "choice"), (1.0, 1.0, "choice")]
+    assert trials[0].describe() == f"lr 0.0001, top k=1, {tiny.training.max_steps} steps, lm weight 0.2"
+    own = sweep_trials(tiny, choice, data_for(tiny, plan), sweep.model_copy(update={"choice_lm_weights": []}))
+    assert [(t.choice_lm_weight, t.job.training.choice_lm_weight) for t in own] == [(None, 0.7)] and "lm weight" not in own[0].describe()
+    with pytest.raises(ValueError, match="'lm' objective: choice_lm_weights apply to the choice objective only"):
+        sweep_trials(tiny, plan, data_for(tiny, plan), sweep)
+
+
+def test_on_choice_rows_trials_are_ranked_by_accuracy_even_against_a_lower_nll(tiny):
+    """The medical sweep's lesson: the trial with the lowest validation loss was not the most accurate."""
+    plan = tiny.experts[0].model_copy(update={"training": TrainingOverrides(objective="choice")})
+    sweep = SweepSpec(learning_rates=[1e-4], layers=[LayerSelection(strategy="top", k=1)], choice_lm_weights=[1.0, 0.2])
+    trials = sweep_trials(tiny, plan, data_for(tiny, tiny.experts[0]), sweep)
+    tokens = [4.0] * 40
+    nll = {"math-t0": ([4.0] * 40, tokens), "math-t1": ([8.0] * 40, tokens)}  # t0: 1 nat/token, t1: 2
+    correct = {"math-t0": [1.0] * 10 + [0.0] * 30, "math-t1": [1.0] * 30 + [0.0] * 10}
+    result = rank_trials(trials, nll, {}, item_correct=correct)
+    assert [s.trial.name for s in result.ranked] == ["math-t1", "math-t0"] and result.by_accuracy
+    assert [s.val_accuracy for s in result.ranked] == [0.75, 0.25] and result.ranked[0].versus_best.estimate == 0
+    assert result.ranked[1].versus_best.estimate == -0.5 and result.ranked[1].versus_best.high < 0  # 20 items right only under t1
+    assert result.overrides().choice_lm_weight == 0.2 and result.table()[0]["val_accuracy"] == 0.75
+    assert "validation choice accuracy on 40" in result.markdown() and "| math-t1 | lr 0.0001, top k=1, 3 steps, lm weight 0.2 | 2.0000 | 0.750 |" in result.markdown()
+    tied = rank_trials(trials, nll, {}, item_correct={"math-t0": correct["math-t0"], "math-t1": correct["math-t0"]})
+    assert tied.best.name == "math-t0"  # equal accuracy: the lower NLL wins
+    assert rank_trials(trials, nll, {}).best.name == "math-t0" and not rank_trials(trials, nll, {}).by_accuracy
+
+
+def test_validation_scores_count_what_the_choice_scorer_counts(local_backbone_dir):
+    """On choice rows, each route's 0/1 per item equal `evaluate_domain`'s choice scores and its NLL the
+    right option's; on plain rows, NLL only (equal to `evaluate_loss`), no accuracy."""
+    backbone = load_backbone(BackboneSpec(source=str(local_backbone_dir)))
+    model = CCoEModel(backbone)
+    model.push_expert(perturb(create_expert(backbone, "a", "law", [2, 3]), scale=0.5))
+    model.push_expert(perturb(create_expert(backbone, "b", "law", [1, 3]), scale=0.5, seed=2))
+    words = "two three four five six seven eight nine ten".split()
+    items = [{"prompt": f"what is {words[i % 9]} plus {words[(i * 4) % 9]}", "choices": [words[(i + j) % 9] for j in range(3)], "answer": i % 3}
+             for i in range(12)]
+    items = [{**it, "response": it["choices"][it["answer"]]} for it in items]
+    data = DataSpec(records=[], use_chat_template=False)
+    nll, correct = validation_scores(model, backbone.tokenizer, items, ["a", "b"], data, batch_size=4)
+    scores = evaluate_domain(model, backbone.tokenizer, DOMAINS["law"], items, ["a", "b"], spec=data, batch_size=4)
+    for route in ("a", "b"):
+        assert correct[route] == list(scores[route].item_scores) and nll[route] == (list(scores[route].item_nll), list(scores[route].item_tokens))
+    plain = [{"prompt": it["prompt"], "response": it["response"]} for it in items]
+    nll, correct = validation_scores(model, backbone.tokenizer, plain, ["a"], data, batch_size=4)
+    loss = evaluate_loss(model, backbone.tokenizer, "x", plain, ["a"], spec=data, batch_size=4)["a"]
+    assert correct is None and nll["a"] == (list(loss.item_nll), list(loss.item_tokens))

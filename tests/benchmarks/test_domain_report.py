@@ -7,6 +7,7 @@ import yaml
 
 from benchmarks.domain_report import (
     DomainBudget, ReportSpec, budget_row, failure_tally, looks_adjusted, report, validation_comparison, validation_lines, validation_run,
+    validation_section,
 )
 from ccoe.backbone import load_backbone
 from ccoe.config import BackboneSpec, DataSpec
@@ -29,7 +30,7 @@ def test_a_domain_budget_overrides_only_what_it_names():
     assert math.max_steps == spec.training.max_steps == 80 and law.max_steps == 240 and law.val_check_interval == 80
     assert law.learning_rate == math.learning_rate == spec.training.learning_rate and math.val_check_interval is None
     assert spec.budget("code")[0].max_steps == 240
-    assert (spec.own("law").test_looks, spec.own("medical").test_looks, spec.own("math").test_looks) == (6, 5, 1)
+    assert (spec.own("law").test_looks, spec.own("medical").test_looks, spec.own("math").test_looks) == (6, 6, 1)
     assert spec.own("math") == DomainBudget()
     experts = {e.domain: e for e in spec.model.experts}
     assert budget_row(experts["math"], math, math_length) == {"layers": "global k=8", "steps": 80, "batch_size": 4, "learning_rate": 1e-4,
@@ -75,6 +76,9 @@ def test_the_report_prints_each_validation_comparison_with_its_interval():
            "budget": {"layers": "global k=8", "steps": 240, "batch_size": 4, "learning_rate": 1e-4, "objective": "choice"}, "isolated": True,
            "val": {"n": 232, "base": 0.224, "expert": 0.353, "diff": 0.129, "diff_low": 0.05, "diff_high": 0.2}}
     text = report([row])
+    assert "| global k=8, 240 x 4, lr 0.0001, choice objective | 1 |" in text
+    budget = {**row["budget"], "choice_scale": 2.0, "choice_lm_weight": 0.2}
+    assert "| global k=8, 240 x 4, lr 0.0001, choice objective, scale 2, lm weight 0.2 | 1 |" in report([{**row, "budget": budget}])
     assert "- medical on its validation split (n=232, held out of training but used to choose the budget, so not untuned): " \
            "base 0.224 -> expert 0.353, +0.129 [+0.050, +0.200]." in text
     assert "validation split" not in report([{**row, "val": None}])
@@ -94,6 +98,8 @@ def test_a_validation_only_trial_refuses_generate_domains_before_training_and_pr
     assert validation_lines([row, choice]).splitlines() == [
         f"- {d} (global k=16, 240 x 4, lr 0.0003, choice{extra}): validation n=232, base 0.224 -> expert 0.341, +0.116 [+0.031, +0.198]; train 768 s (x)"
         for d, extra in (("medical", ""), ("law", ", scale 5, lm weight 0.2"))]
+    section = validation_section([row, choice])
+    assert section.startswith("## Budget trials on the validation split (no test look)\n") and section.endswith(validation_lines([row, choice]) + "\n")
 
 
 def test_code_failures_are_tallied_per_route_and_printed_side_by_side():
