@@ -150,7 +150,7 @@ def generation_batches(prompts: Sequence[str], routes: Sequence[Route], batch_si
     return [[(i, r) for _, r, i in rows[start : start + size]] for start in range(0, len(rows), size)] if rows else []
 
 
-def _gold_choice_loss(name: str, route: Route, items: Sequence[dict], sums: torch.Tensor, counts: torch.Tensor) -> DomainScore:
+def gold_choice_loss(name: str, route: Route, items: Sequence[dict], sums: torch.Tensor, counts: torch.Tensor) -> DomainScore:
     """A choice domain's held-out NLL read off its choice tables: the gold option is the gold response
     (the same tokens as `evaluate_loss` scores, unless `max_length` cuts the prompt: the packed row
     keeps the shortest cut of the options')."""
@@ -182,7 +182,7 @@ def evaluate_domain(
     if domain.task == "choice":
         tables = choice_logprobs(model, tokenizer, items, routes, spec, batch_size)
         if all(it["response"] == it["choices"][it["answer"]] for it in items):
-            losses = {route: _gold_choice_loss(domain.name, route, items, *table) for route, table in tables.items()}
+            losses = {route: gold_choice_loss(domain.name, route, items, *table) for route, table in tables.items()}
         else:
             losses = evaluate_loss(model, tokenizer, domain.name, items, routes, spec=spec, batch_size=batch_size)
         per_item = {route: [domain.score(item, int(row.argmax())) for item, row in zip(items, choice_means(*table))]

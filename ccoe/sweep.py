@@ -22,14 +22,14 @@ import itertools
 import math
 from dataclasses import dataclass
 
-import torch
 from pydantic import Field
 
 from ccoe.artifact import fetch_blob
 from ccoe.backbone import load_backbone
 from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, LayerSelection, PipelineSpec, Spec, TrainingOverrides, apply_overrides
 from ccoe.data import validation_items
-from ccoe.evaluate import choice_logprobs, choice_means, sequence_logprobs
+from ccoe.domains.base import score_choice
+from ccoe.evaluate import choice_logprobs, choice_means, gold_choice_loss, sequence_logprobs
 from ccoe.evidence import PairedDifference, paired_difference
 from ccoe.expert import expert_from_bytes
 from ccoe.manifest import TrainedExpert
@@ -197,9 +197,8 @@ def validation_scores(model: CCoEModel, tokenizer, items: list[dict], routes: li
     token log-likelihood is the right one (0/1 per item, what the choice scorer counts), else None."""
     if items and all("choices" in it for it in items):
         tables = choice_logprobs(model, tokenizer, items, routes, data, batch_size)
-        answers = torch.tensor([int(it["answer"]) for it in items]).unsqueeze(1)
-        nll = {name: ((-sums.gather(1, answers)).squeeze(1).tolist(), counts.gather(1, answers).squeeze(1).tolist())
-               for name, (sums, counts) in tables.items()}
-        return nll, {name: (choice_means(*table).argmax(dim=1) == answers.squeeze(1)).float().tolist() for name, table in tables.items()}
+        gold = {name: gold_choice_loss("validation", name, items, *table) for name, table in tables.items()}
+        return ({name: (list(score.item_nll), list(score.item_tokens)) for name, score in gold.items()},
+                {name: [score_choice(item, int(row.argmax())) for item, row in zip(items, choice_means(*table))] for name, table in tables.items()})
     gold = sequence_logprobs(model, tokenizer, [(it["prompt"], it["response"]) for it in items], routes, data, batch_size)
     return {name: ((-s).tolist(), c.tolist()) for name, (s, c) in gold.items()}, None
