@@ -53,6 +53,8 @@ class DomainBudget(BaseModel):
     model_config = ConfigDict(extra="forbid")
     training: TrainingOverrides = Field(default_factory=TrainingOverrides)
     max_length: int | None = Field(None, ge=16)
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="share of the training rows held out as the validation split (by content "
+                                "hash): larger for a domain whose budget is chosen on a scored validation split, so its interval can tell trials apart")
     test_looks: int = Field(1, ge=1, le=100, description="configurations of this domain's expert scored on its test set so far, this "
                             "one included (the history in the config's comments): the report adds the interval that stays valid over all of them")
 
@@ -86,17 +88,26 @@ class ReportSpec(BaseModel):
         return apply_overrides(self.training, own.training), own.max_length or self.max_length
 
 
-def validation_comparison(model: CCoEModel, tokenizer, domain, data: DataSpec, expert: str, spec: DataSpec, batch_size: int = 8) -> dict | None:
+def validation_scorable(domain) -> bool:
+    """Whether `domain` has a validation metric: a choice domain's rows keep their options; a generate
+    domain needs `validation_item` to turn a held-out row into a scorable item (code: its `>>>` examples)."""
+    return domain.task == "choice" or hasattr(domain, "validation_item")
+
+
+def validation_comparison(model: CCoEModel, tokenizer, domain, data: DataSpec, expert: str, spec: DataSpec, evaluation: EvalSpec) -> dict | None:
     """Base vs `expert` on the validation split the trainer held out of `data`, scored and paired like
-    the held-out test set; None for a generate domain (its training rows carry no scorer's fields).
+    the held-out test set (a generate domain: on the rows its `validation_item` can score, generating with
+    the test set's token budget); None for a domain with no validation metric (`validation_scorable`).
 
     Why report it: a test set of ~100 items detects only differences of ~0.15-0.19, so an in-distribution
     gain on the validation split with a narrower interval tells an under-powered test from an expert that
     learned nothing. It is not untuned data: budgets (e.g. law's step count) were chosen on it."""
-    if domain.task != "choice":
+    if not validation_scorable(domain):
         return None
-    items = validation_items(data)
-    scores = evaluate_domain(model, tokenizer, domain, items, [None, expert], spec=spec, batch_size=batch_size)
+    rows = validation_items(data)
+    items = rows if domain.task == "choice" else [item for row in rows if (item := domain.validation_item(row)) is not None]
+    scores = evaluate_domain(model, tokenizer, domain, items, [None, expert], spec=spec, batch_size=evaluation.batch_size,
+                             generation_batch_size=evaluation.generation_batch_size, max_new_tokens=evaluation.max_new_tokens.get(domain.name, 128), progress=True)
     diff = paired_difference(scores[expert].item_scores, scores[None].item_scores, binary=True)
     return {"n": len(items), "base": round(scores[None].metric, 4), "expert": round(scores[expert].metric, 4), "diff": round(diff.estimate, 4),
             "diff_low": round(diff.low, 4), "diff_high": round(diff.high, 4)}
@@ -128,7 +139,7 @@ def train_domain(spec: ReportSpec, backbone, expert_spec, work: Path) -> Trained
     training, max_length = spec.budget(expert_spec.domain)
     job = ExpertJobSpec(
         backbone=spec.model.backbone, expert=expert_spec,
-        data=train_data_spec(expert_spec.domain, max_length=max_length, val_fraction=0.05),
+        data=train_data_spec(expert_spec.domain, max_length=max_length, val_fraction=spec.own(expert_spec.domain).val_fraction),
         training=training, tracking=TrackingSpec(root=str(work / "mlruns")), output_dir=str(work / "experts"),
     )
     t0 = time.perf_counter()
@@ -153,18 +164,19 @@ def validation_run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dic
     """Train each named domain's expert and score it on its validation split only, never on the test set.
 
     Why: a budget (learning rate, steps, layers) is chosen on validation; trying one this way costs no look
-    at the test items, so `test_looks` stays as it is. Only choice domains have a validation metric (a
-    generate domain's training rows carry no scorer's fields); naming another is refused before training."""
-    unscorable = sorted(d for d in domains if DOMAINS[d].task != "choice")
+    at the test items, so `test_looks` stays as it is. Choice domains and code (`validation_scorable`) have a
+    validation metric; naming another domain is refused before training."""
+    unscorable = sorted(d for d in domains if not validation_scorable(DOMAINS[d]))
     if unscorable:
-        raise ValueError(f"no validation metric for {', '.join(unscorable)} (generate domains): leave them out of --domains with --validation-only")
+        raise ValueError(f"no validation metric for {', '.join(unscorable)} (generate domains whose training rows carry no scorer's "
+                         "fields): leave them out of --domains with --validation-only")
     backbone = load_backbone(spec.model.backbone)
     rows = []
     for expert_spec in [e for e in spec.model.experts if e.domain in domains]:
         trained = train_domain(spec, backbone, expert_spec, work)
         t0 = time.perf_counter()
         val = validation_comparison(trained.model, backbone.tokenizer, DOMAINS[expert_spec.domain], trained.job.data, expert_spec.name,
-                                    DataSpec(records=[], max_length=spec.eval.max_length), spec.eval.batch_size)
+                                    DataSpec(records=[], max_length=spec.eval.max_length), spec.eval)
         rows.append({"domain": expert_spec.domain, "budget": trained.budget, "val": val, "train_s": round(trained.train_s),
                      "val_s": round(time.perf_counter() - t0), "cpu": cpu_name()})
         print(f"  {rows[-1]}", file=sys.stderr)
@@ -225,7 +237,7 @@ def run(spec: ReportSpec, work: Path, domains: list[str]) -> list[dict]:
         rows[-1].update(looks_adjusted(tuned.item_scores, base.item_scores, spec.own(domain.name).test_looks))
         t0 = time.perf_counter()
         rows[-1]["val"] = validation_comparison(model, backbone.tokenizer, domain, job.data, expert_spec.name,
-                                                DataSpec(records=[], max_length=spec.eval.max_length), spec.eval.batch_size)
+                                                DataSpec(records=[], max_length=spec.eval.max_length), spec.eval)
         rows[-1]["val_s"] = round(time.perf_counter() - t0)
         singles[expert_spec.name] = (result.blob_path, result.entry.sha256, items[:4])
         print(f"  {rows[-1]}", file=sys.stderr)

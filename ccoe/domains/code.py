@@ -103,6 +103,36 @@ EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Ex
 FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
 
+FRAMED = re.compile(r"\AComplete the following Python function\.\n\n```python\n(.*)\n```\Z", re.S)
+SIGNATURE = re.compile(r"^def (\w+)\(", re.M)
+EXAMPLE = re.compile(r"^    >>> (.+)\n    (\S.*)$", re.M)
+
+
+def example_item(prompt: str) -> dict | None:
+    """A training-shaped prompt (`frame(code_prompt)`) as a HumanEval-shaped item whose tests are the
+    docstring's `>>>` examples, each `assert <call> == <shown value>`; None for a prompt that is not
+    framed like that, defines no function, or shows no example (the stdlib rows).
+
+    Why: the trainer's validation split of code rows then has a pass@1 like HumanEval's, so a budget
+    can be chosen on held-out training-shaped problems without a look at HumanEval. The examples are
+    in the prompt, as HumanEval's are; shown values are `repr`s (generated exercises, MBPP), so `==`
+    compares what the example shows."""
+    framed = FRAMED.match(prompt)
+    if framed is None:
+        return None
+    code_prompt = framed.group(1) + "\n"
+    entry = SIGNATURE.search(code_prompt)
+    examples = [(call, value) for call, value in EXAMPLE.findall(code_prompt) if not value.startswith("Traceback")]
+    if entry is None or not examples:
+        return None
+    test = "def check(candidate):\n" + "\n".join(f"    assert {call} == {value}" for call, value in examples) + "\n"
+    try:
+        ast.parse(test)
+    except SyntaxError:
+        return None
+    return {"prompt": prompt, "code_prompt": code_prompt, "test": test, "entry_point": entry.group(1)}
+
+
 def extract_code(text: str) -> str:
     """The first fenced block, or the whole text when there is none."""
     fenced = FENCED.search(text)
@@ -182,6 +212,12 @@ class CodeDomain:
             return "timeout"
         raised = [m.group(1) for m in EXCEPTION_LINE.finditer(result.output)]
         return raised[-1] if raised else f"exit {result.returncode}"
+
+    def validation_item(self, row: dict) -> dict | None:
+        """A held-out training row as an item `score` can run (`example_item`), keeping its response as the
+        gold text for the loss; None for a row without `>>>` examples."""
+        item = example_item(row["prompt"])
+        return None if item is None else {**item, "response": row["response"]}
 
     def complete(self, text: str) -> bool:
         """A closed fenced block: the first one is what runs, and appended text cannot move it."""

@@ -10,9 +10,10 @@ from benchmarks.domain_report import (
     validation_section,
 )
 from ccoe.backbone import load_backbone
-from ccoe.config import BackboneSpec, DataSpec
+from ccoe.config import BackboneSpec, DataSpec, EvalSpec
 from ccoe.data import validation_items
 from ccoe.domains import DOMAINS, eval_items
+from ccoe.domains.code import frame
 from ccoe.evaluate import DomainScore, evaluate_domain
 from ccoe.evidence import paired_difference
 from ccoe.expert import create_expert
@@ -31,7 +32,7 @@ def test_a_domain_budget_overrides_only_what_it_names():
     assert law.learning_rate == math.learning_rate == spec.training.learning_rate and math.val_check_interval is None
     assert spec.budget("code")[0].max_steps == 240
     assert (spec.own("law").test_looks, spec.own("medical").test_looks, spec.own("math").test_looks) == (6, 7, 1)
-    assert spec.own("math") == DomainBudget()
+    assert spec.own("math") == DomainBudget() and spec.own("math").val_fraction == 0.05 and spec.own("code").val_fraction == 0.2
     experts = {e.domain: e for e in spec.model.experts}
     assert budget_row(experts["math"], math, math_length) == {"layers": "global k=8", "steps": 80, "batch_size": 4, "learning_rate": 1e-4,
                                                               "max_length": 384, "objective": "lm"}
@@ -61,13 +62,32 @@ def test_the_validation_comparison_pairs_base_and_expert_on_the_trainers_held_ou
     rows = validation_items(data)
     assert 6 <= len(rows) <= 30 and all(row["response"] == row["choices"][row["answer"]] for row in rows)
     assert {(row["prompt"], tuple(row["choices"])) for row in rows} <= {(r["prompt"], tuple(r["choices"])) for r in records}
-    row = validation_comparison(model, backbone.tokenizer, DOMAINS["law"], data, "law", spec, batch_size=4)
+    row = validation_comparison(model, backbone.tokenizer, DOMAINS["law"], data, "law", spec, EvalSpec(batch_size=4))
     scores = evaluate_domain(model, backbone.tokenizer, DOMAINS["law"], rows, [None, "law"], spec=spec)
     diff = paired_difference(scores["law"].item_scores, scores[None].item_scores, binary=True)
     assert row == {"n": len(rows), "base": round(scores[None].metric, 4), "expert": round(scores["law"].metric, 4),
                    "diff": round(diff.estimate, 4), "diff_low": round(diff.low, 4), "diff_high": round(diff.high, 4)}
     assert row["diff_low"] <= row["diff"] <= row["diff_high"] and row["diff"] == round(row["expert"] - row["base"], 4)
-    assert validation_comparison(model, backbone.tokenizer, DOMAINS["math"], data, "law", spec) is None
+    assert validation_comparison(model, backbone.tokenizer, DOMAINS["math"], data, "law", spec, EvalSpec()) is None
+
+
+def test_the_code_validation_comparison_runs_the_held_out_rows_examples_as_tests(local_backbone_dir):
+    """A code row is scored on its docstring's `>>>` examples (`CodeDomain.validation_item`); rows without
+    examples are left out of n. Base and expert generate within the test set's token budget, so the tiny
+    random model writes nothing that runs: both score 0 on exactly the rows that carry examples."""
+    backbone = load_backbone(BackboneSpec(source=str(local_backbone_dir)))
+    model = CCoEModel(backbone)
+    model.push_expert(perturb(create_expert(backbone, "code", "code", [2, 3]), scale=0.5))
+    shown = [{"prompt": frame(f"def add_{i}(x):\n    \"\"\"Add {i}.\n    >>> add_{i}(1)\n    {i + 1}\n    \"\"\"\n"),
+              "response": f"```python\ndef add_{i}(x):\n    return x + {i}\n```"} for i in range(40)]
+    bare = [{"prompt": frame(f"def noop_{i}(x):\n    \"\"\"Nothing.\"\"\"\n"), "response": "```python\npass\n```"} for i in range(40)]
+    data = DataSpec(records=shown + bare, val_fraction=0.25, use_chat_template=False)
+    held = validation_items(data)
+    with_examples = [r for r in held if ">>>" in r["prompt"]]
+    assert with_examples and len(with_examples) < len(held)
+    row = validation_comparison(model, backbone.tokenizer, DOMAINS["code"], data, "code", DataSpec(records=[], use_chat_template=False),
+                                EvalSpec(max_new_tokens={"code": 4}, generation_batch_size=8))
+    assert row == {"n": len(with_examples), "base": 0.0, "expert": 0.0, "diff": 0.0, "diff_low": 0.0, "diff_high": 0.0}
 
 
 def test_the_report_prints_each_validation_comparison_with_its_interval():
@@ -85,11 +105,11 @@ def test_the_report_prints_each_validation_comparison_with_its_interval():
 
 
 def test_a_validation_only_trial_refuses_generate_domains_before_training_and_prints_its_budget(tmp_path):
-    """--validation-only never scores test items; a generate domain (no validation metric) is refused
-    before anything loads or trains, and each trial prints its budget beside the paired interval."""
+    """--validation-only never scores test items; a generate domain with no validation metric (math, sql)
+    is refused before anything loads or trains, and each trial prints its budget beside the paired interval."""
     spec = ReportSpec.model_validate(yaml.safe_load(CONFIG.read_text()))
-    with pytest.raises(ValueError, match="no validation metric for code, math .*leave them out of --domains"):
-        validation_run(spec, tmp_path, ["medical", "math", "code"])
+    with pytest.raises(ValueError, match="no validation metric for math, sql .*leave them out of --domains"):
+        validation_run(spec, tmp_path, ["medical", "sql", "math", "code"])
     assert not any(tmp_path.iterdir())
     row = {"domain": "medical", "budget": {"layers": "global k=16", "steps": 240, "batch_size": 4, "learning_rate": 3e-4, "max_length": 384,
                                            "objective": "choice"},

@@ -116,6 +116,28 @@ def test_shipped_router_config_matches_the_domains():
     assert load_yaml(RouterSpec, ROUTER_YAML) == router_spec()
 
 
+def test_a_held_out_code_row_is_scored_on_its_docstring_examples():
+    """`CodeDomain.validation_item` turns the `>>>` examples of a training-shaped prompt into the item's
+    tests: every held-out row's own response passes them, a wrong body fails, and a row without examples
+    (a stdlib function) or a prompt not framed like training gives None."""
+    from ccoe.data import validation_items
+    from ccoe.domains import train_data_spec
+    from ccoe.domains.code import CODE, frame, stdlib_functions
+
+    rows = validation_items(train_data_spec("code", max_length=384, val_fraction=0.2))
+    items = [item for row in rows if (item := CODE.validation_item(row)) is not None]
+    assert 100 <= len(items) < len(rows)
+    assert all(CODE.failure(item, item["response"]) == "passed" for item in items)
+    item = CODE.validation_item({"prompt": frame('def twice(x):\n    """Double it.\n    >>> twice(2)\n    4\n    >>> twice(\'a\')\n    \'aa\'\n    """\n'),
+                                 "response": "unused"})
+    assert item["entry_point"] == "twice" and item["test"] == "def check(candidate):\n    assert twice(2) == 4\n    assert twice('a') == 'aa'\n"
+    assert CODE.score(item, "```python\ndef twice(x):\n    return x * 2\n```") == 1.0
+    assert CODE.failure(item, "```python\ndef twice(x):\n    return x + x if x else 0\n```") == "passed"
+    assert CODE.failure(item, "```python\ndef twice(x):\n    return x\n```") == "AssertionError"
+    assert CODE.validation_item(stdlib_functions(1)[0]) is None
+    assert CODE.validation_item({"prompt": "def twice(x):\n    >>> twice(2)\n    4", "response": ""}) is None
+
+
 def test_code_training_rows_are_self_contained_functions_without_their_docstring():
     from ccoe.domains.code import extract_code, free_names, stdlib_functions
 
