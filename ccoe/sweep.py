@@ -11,9 +11,11 @@ What ranks them: on multiple-choice data (every validation row keeps its options
 choice accuracy the scorer computes (the option with the highest length-normalised log-likelihood),
 ties broken by NLL. Why: on the medical expert the two disagreed (validation n=232: the trial with the
 lowest validation loss, choice_scale 5, was 0.315 accurate; choice LM weight 0.2 was 0.366 with a
-higher loss). On other data, where the split has gold responses but no scorer-ready fields (tests, a
-checker), the NLL of the gold response: the quantity training optimises, measured with an interval
-from a few dozen items.
+higher loss). On a generate domain whose held-out rows its scorer can run (`validation_item`: code's
+`>>>` examples become tests), the share of those rows each trial's greedy answer passes, ties by NLL:
+on code the in-distribution pass rate moved by +0.25 while the NLL barely did. On other data, where
+the split has gold responses but no scorer-ready fields, the NLL of the gold response: the quantity
+training optimises, measured with an interval from a few dozen items.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from ccoe.backbone import load_backbone
 from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, LayerSelection, PipelineSpec, Spec, TrainingOverrides, apply_overrides
 from ccoe.data import validation_items
 from ccoe.domains.base import score_choice
-from ccoe.evaluate import choice_logprobs, choice_means, gold_choice_loss, sequence_logprobs
+from ccoe.domains import DOMAINS
+from ccoe.evaluate import choice_logprobs, choice_means, evaluate_domain, gold_choice_loss, sequence_logprobs
 from ccoe.evidence import PairedDifference, paired_difference
 from ccoe.expert import expert_from_bytes
 from ccoe.manifest import TrainedExpert
@@ -80,12 +83,13 @@ class TrialScore:
 
 @dataclass(frozen=True)
 class SweepResult:
-    """Trials ranked best first (by choice accuracy on multiple-choice data, else by NLL); `n` validation
-    items; failed trials by name."""
+    """Trials ranked best first (by `accuracy` when scored, else by NLL); `n` validation items the ranking
+    metric covers; failed trials by name."""
 
     ranked: tuple[TrialScore, ...]
     n: int
     failures: dict[str, str]
+    accuracy: str = "choice accuracy"
 
     @property
     def best(self) -> Trial:
@@ -108,7 +112,7 @@ class SweepResult:
                 for s in self.ranked]
 
     def markdown(self) -> str:
-        metric = "choice accuracy" if self.by_accuracy else "NLL"
+        metric = self.accuracy if self.by_accuracy else "NLL"
         lines = [f"## Sweep: best {self.best.name} ({self.best.describe()}), validation {metric} on {self.n} held-out training items", "",
                  f"| trial | settings | val NLL |{' val accuracy |' if self.by_accuracy else ''} {metric} vs best [95% CI] |",
                  f"|---|---|---|{'---|' if self.by_accuracy else ''}---|"]
@@ -141,10 +145,11 @@ def sweep_trials(spec: PipelineSpec, plan: ExpertPlan, data: DataSpec, sweep: Sw
 
 
 def rank_trials(trials: list[Trial], item_nll: dict[str, tuple[list[float], list[float]]], failures: dict[str, str],
-                confidence: float = 0.95, seed: int = 0, item_correct: dict[str, list[float]] | None = None) -> SweepResult:
-    """Rank the trained trials: by validation choice accuracy when `item_correct` is given (trial name ->
-    (n,) 0/1 per item; ties by NLL), else by validation NLL. item_nll: trial name -> (per-item summed NLL,
-    token counts), each (n,) on the same items."""
+                confidence: float = 0.95, seed: int = 0, item_correct: dict[str, list[float]] | None = None,
+                accuracy: str = "choice accuracy") -> SweepResult:
+    """Rank the trained trials: by validation `accuracy` when `item_correct` is given (trial name -> (m,)
+    0/1 per scored item, the same m items for every trial; ties by NLL), else by validation NLL.
+    item_nll: trial name -> (per-item summed NLL, token counts), each (n,) on the same items."""
     failures = dict(failures)
     for name, (sums, _) in list(item_nll.items()):
         if not all(math.isfinite(x) for x in sums):
@@ -157,15 +162,15 @@ def rank_trials(trials: list[Trial], item_nll: dict[str, tuple[list[float], list
     tokens = [max(c, 1.0) for c in next(iter(item_nll.values()))[1]]
     losses = {name: sum(sums) / sum(counts) for name, (sums, counts) in item_nll.items()}
     if item_correct is not None:
-        accuracy = {name: sum(item_correct[name]) / len(item_correct[name]) for name in item_nll}
-        order = {t.name: (-accuracy[t.name], losses[t.name], t.name) for t in scored}
+        shares = {name: sum(item_correct[name]) / len(item_correct[name]) for name in item_nll}
+        order = {t.name: (-shares[t.name], losses[t.name], t.name) for t in scored}
         best = min(scored, key=lambda t: order[t.name])
         ranked = sorted(
             (TrialScore(t, losses[t.name], paired_difference(item_correct[t.name], item_correct[best.name], binary=True, confidence=confidence,
-                                                            seed=seed), accuracy[t.name]) for t in scored),
+                                                            seed=seed), shares[t.name]) for t in scored),
             key=lambda s: order[s.trial.name],
         )
-        return SweepResult(tuple(ranked), len(tokens), failures)
+        return SweepResult(tuple(ranked), len(item_correct[best.name]), failures, accuracy)
     best = min(scored, key=lambda t: (losses[t.name], t.name))
     ranked = sorted(
         (TrialScore(t, losses[t.name], paired_difference(per_token[t.name], per_token[best.name], tokens, confidence=confidence, seed=seed))
@@ -179,26 +184,38 @@ def choose_trial(spec: PipelineSpec, data: DataSpec, sweep: SweepSpec, trials: l
                  failures: dict[str, str]) -> SweepResult:
     """Score every trained trial (blobs from the pipeline's store) on `data`'s validation split in one
     shared-prefix pass (the frozen layers below all trials run once) and rank them: multiple-choice rows
-    by the options' log-likelihoods (`choice_logprobs`: accuracy, and NLL of the right option), other
-    rows by the NLL of the gold response (`sequence_logprobs`)."""
+    by the options' log-likelihoods (`choice_logprobs`: accuracy, and NLL of the right option); rows the
+    expert's domain can score (`validation_item`) by its task metric on greedy answers; other rows by the
+    NLL of the gold response (`sequence_logprobs`)."""
     items = validation_items(data, sweep.max_val_items)
     backbone = load_backbone(spec.backbone, device=spec.eval.device)
     model, store = CCoEModel(backbone), BlobStore(spec.storage)
     for name, result in trained.items():
         model.push_expert(expert_from_bytes(fetch_blob(store, result.entry), backbone, sha256=result.entry.sha256, name=name))
-    nll, correct = validation_scores(model, backbone.tokenizer, items, list(trained), data, spec.eval.batch_size)
-    return rank_trials(trials, nll, failures, item_correct=correct)
+    domain = DOMAINS.get(trials[0].job.expert.domain)
+    nll, correct = validation_scores(model, backbone.tokenizer, items, list(trained), data, spec.eval.batch_size, domain=domain,
+                                     max_new_tokens=spec.eval.max_new_tokens.get(trials[0].job.expert.domain, 128))
+    choice = items and all("choices" in it for it in items)
+    return rank_trials(trials, nll, failures, item_correct=correct,
+                       accuracy="choice accuracy" if choice else f"{trials[0].job.expert.domain} task score (greedy, the domain's scorer)")
 
 
-def validation_scores(model: CCoEModel, tokenizer, items: list[dict], routes: list[str], data: DataSpec, batch_size: int
-                      ) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, list[float]] | None]:
+def validation_scores(model: CCoEModel, tokenizer, items: list[dict], routes: list[str], data: DataSpec, batch_size: int,
+                      domain=None, max_new_tokens: int = 128) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, list[float]] | None]:
     """Per route on `items`: (per-item summed NLL of the gold response, its token counts), and on
     multiple-choice rows (all carry `choices` and `answer`) whether the option with the highest mean
-    token log-likelihood is the right one (0/1 per item, what the choice scorer counts), else None."""
+    token log-likelihood is the right one (0/1 per item, what the choice scorer counts); on rows a
+    generate `domain` turns into scorable items (`validation_item`), its score of each route's greedy
+    answer (0/1 per such row, generating up to `max_new_tokens`); else None."""
     if items and all("choices" in it for it in items):
         tables = choice_logprobs(model, tokenizer, items, routes, data, batch_size)
         gold = {name: gold_choice_loss("validation", name, items, *table) for name, table in tables.items()}
         return ({name: (list(score.item_nll), list(score.item_tokens)) for name, score in gold.items()},
                 {name: [score_choice(item, int(row.argmax())) for item, row in zip(items, choice_means(*table))] for name, table in tables.items()})
     gold = sequence_logprobs(model, tokenizer, [(it["prompt"], it["response"]) for it in items], routes, data, batch_size)
-    return {name: ((-s).tolist(), c.tolist()) for name, (s, c) in gold.items()}, None
+    nll = {name: ((-s).tolist(), c.tolist()) for name, (s, c) in gold.items()}
+    scorable = [item for it in items if (item := domain.validation_item(it)) is not None] if hasattr(domain, "validation_item") else []
+    if not scorable:
+        return nll, None
+    scores = evaluate_domain(model, tokenizer, domain, scorable, routes, spec=data, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    return nll, {name: list(scores[name].item_scores) for name in routes}

@@ -113,3 +113,29 @@ def test_validation_scores_count_what_the_choice_scorer_counts(local_backbone_di
     nll, correct = validation_scores(model, backbone.tokenizer, plain, ["a"], data, batch_size=4)
     loss = evaluate_loss(model, backbone.tokenizer, "x", plain, ["a"], spec=data, batch_size=4)["a"]
     assert correct is None and nll["a"] == (list(loss.item_nll), list(loss.item_tokens))
+
+
+def test_on_code_rows_trials_are_ranked_by_the_share_of_held_out_problems_they_pass(tiny, local_backbone_dir):
+    """A code row's `>>>` examples run as tests (`CodeDomain.validation_item`): each route's 0/1 per
+    scorable row equal `evaluate_domain`'s, rows without examples keep only their NLL, and the ranking's n
+    and label are those of the scored rows."""
+    from ccoe.domains.code import frame
+
+    backbone = load_backbone(BackboneSpec(source=str(local_backbone_dir)))
+    model = CCoEModel(backbone)
+    model.push_expert(perturb(create_expert(backbone, "a", "code", [2, 3]), scale=0.5))
+    shown = [{"prompt": frame(f"def add_{i}(x):\n    \"\"\"Add {i}.\n    >>> add_{i}(1)\n    {i + 1}\n    \"\"\"\n"),
+              "response": f"```python\ndef add_{i}(x):\n    return x + {i}\n```"} for i in range(3)]
+    items = shown + [{"prompt": frame("def noop(x):\n    \"\"\"Nothing.\"\"\"\n"), "response": "```python\npass\n```"}]
+    data = DataSpec(records=[], use_chat_template=False)
+    nll, correct = validation_scores(model, backbone.tokenizer, items, ["a"], data, batch_size=4, domain=DOMAINS["code"], max_new_tokens=4)
+    scorable = [DOMAINS["code"].validation_item(it) for it in shown]
+    scores = evaluate_domain(model, backbone.tokenizer, DOMAINS["code"], scorable, ["a"], spec=data, batch_size=4, max_new_tokens=4)
+    assert correct == {"a": list(scores["a"].item_scores)} and len(correct["a"]) == 3 and len(nll["a"][0]) == 4
+    assert validation_scores(model, backbone.tokenizer, items, ["a"], data, batch_size=4, domain=DOMAINS["math"])[1] is None
+    plan = tiny.experts[0]
+    trials = sweep_trials(tiny, plan, data_for(tiny, plan), SweepSpec(learning_rates=[1e-4, 3e-4], layers=[LayerSelection(strategy="top", k=1)]))
+    tokens = [4.0] * 40
+    result = rank_trials(trials, {"math-t0": ([4.0] * 40, tokens), "math-t1": ([8.0] * 40, tokens)}, {},
+                         item_correct={"math-t0": [0.0] * 10, "math-t1": [1.0] * 2 + [0.0] * 8}, accuracy="code task score")
+    assert result.best.name == "math-t1" and result.n == 10 and "validation code task score on 10 held-out" in result.markdown()
