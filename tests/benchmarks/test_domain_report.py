@@ -30,8 +30,8 @@ def test_a_domain_budget_overrides_only_what_it_names():
     assert (law.objective, law_length) == ("choice", 576) and (math.objective, math_length) == ("lm", spec.max_length)
     assert math.max_steps == spec.training.max_steps == 80 and law.max_steps == 240 and law.val_check_interval == 80
     assert law.learning_rate == math.learning_rate == spec.training.learning_rate and math.val_check_interval is None
-    assert spec.budget("code")[0].max_steps == 240
-    assert (spec.own("law").test_looks, spec.own("medical").test_looks, spec.own("math").test_looks) == (6, 7, 1)
+    assert spec.budget("code")[0].max_steps == 240 and spec.budget("code")[0].learning_rate == 3e-4
+    assert (spec.own("law").test_looks, spec.own("medical").test_looks, spec.own("code").test_looks, spec.own("math").test_looks) == (6, 7, 8, 1)
     assert spec.own("math") == DomainBudget() and spec.own("math").val_fraction == 0.05 and spec.own("code").val_fraction == 0.2
     experts = {e.domain: e for e in spec.model.experts}
     assert budget_row(experts["math"], math, math_length) == {"layers": "global k=8", "steps": 80, "batch_size": 4, "learning_rate": 1e-4,
