@@ -38,6 +38,7 @@ from ccoe.config import (  # noqa: E402
     CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingOverrides, TrainingSpec, apply_overrides,
 )
 from ccoe.domains import DOMAINS, eval_items, train_data_spec  # noqa: E402
+from ccoe.domains.base import scorable_rows  # noqa: E402
 from ccoe.evaluate import DomainScore, evaluate_domain  # noqa: E402
 from ccoe.evidence import paired_difference  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402
@@ -104,8 +105,7 @@ def validation_comparison(model: CCoEModel, tokenizer, domain, data: DataSpec, e
     learned nothing. It is not untuned data: budgets (e.g. law's step count) were chosen on it."""
     if not validation_scorable(domain):
         return None
-    rows = validation_items(data)
-    items = rows if domain.task == "choice" else [item for row in rows if (item := domain.validation_item(row)) is not None]
+    items = scorable_rows(domain, validation_items(data))
     scores = evaluate_domain(model, tokenizer, domain, items, [None, expert], spec=spec, batch_size=evaluation.batch_size,
                              generation_batch_size=evaluation.generation_batch_size, max_new_tokens=evaluation.max_new_tokens.get(domain.name, 128), progress=True)
     diff = paired_difference(scores[expert].item_scores, scores[None].item_scores, binary=True)

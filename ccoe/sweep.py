@@ -32,7 +32,7 @@ from ccoe.artifact import fetch_blob
 from ccoe.backbone import load_backbone
 from ccoe.config import DataSpec, ExpertJobSpec, ExpertPlan, LayerSelection, PipelineSpec, Spec, TrainingOverrides, apply_overrides
 from ccoe.data import validation_items
-from ccoe.domains.base import score_choice
+from ccoe.domains.base import scorable_rows, score_choice
 from ccoe.domains import DOMAINS
 from ccoe.evaluate import choice_logprobs, choice_means, evaluate_domain, gold_choice_loss, sequence_logprobs
 from ccoe.evidence import PairedDifference, paired_difference
@@ -216,7 +216,7 @@ def validation_scores(model: CCoEModel, tokenizer, items: list[dict], routes: li
                 {name: [score_choice(item, int(row.argmax())) for item, row in zip(items, choice_means(*table))] for name, table in tables.items()})
     gold = sequence_logprobs(model, tokenizer, [(it["prompt"], it["response"]) for it in items], routes, data, batch_size)
     nll = {name: ((-s).tolist(), c.tolist()) for name, (s, c) in gold.items()}
-    scorable = [item for it in items if (item := domain.validation_item(it)) is not None] if hasattr(domain, "validation_item") else []
+    scorable = scorable_rows(domain, items) if domain is not None else []
     if not scorable:
         return nll, None
     scores = evaluate_domain(model, tokenizer, domain, scorable, routes, spec=data, batch_size=batch_size, max_new_tokens=max_new_tokens)
