@@ -138,6 +138,20 @@ def test_a_held_out_code_row_is_scored_on_its_docstring_examples():
     assert CODE.validation_item({"prompt": "def twice(x):\n    >>> twice(2)\n    4", "response": ""}) is None
 
 
+def test_scorable_rows_are_those_the_domains_scorer_can_score():
+    """Choice rows keep their options and answer (rows without them are left out); code rows become items
+    through `validation_item`; math, with no `validation_item`, scores none."""
+    from ccoe.domains.base import scorable_rows
+    from ccoe.domains.code import frame
+
+    choice = {"prompt": "q", "response": "A. x", "choices": ["A. x", "B. y"], "answer": 0}
+    assert scorable_rows(DOMAINS["law"], [choice, {"prompt": "q", "response": "x"}]) == [choice]
+    shown = {"prompt": frame('def one():\n    """One.\n    >>> one()\n    1\n    """\n'), "response": "```python\ndef one():\n    return 1\n```"}
+    bare = {"prompt": frame('def one():\n    """One."""\n'), "response": "x"}
+    assert scorable_rows(DOMAINS["code"], [shown, bare]) == [DOMAINS["code"].validation_item(shown)]
+    assert scorable_rows(DOMAINS["math"], [{"prompt": "1 + 1?", "response": "2"}]) == []
+
+
 def test_code_training_rows_are_self_contained_functions_without_their_docstring():
     from ccoe.domains.code import extract_code, free_names, stdlib_functions
 
