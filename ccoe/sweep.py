@@ -15,9 +15,8 @@ higher loss). On a generate domain whose held-out rows its scorer can run (`vali
 `>>>` examples become tests), the share of those rows each trial's greedy answer passes, ties by NLL:
 what the test counts, since a likelier reference program does not say whether the answer runs (on the
 two code trials, n=140, the two agreed: lr 3e-4 0.471 at validation loss 0.580, lr 1e-4 0.400 at 0.602).
-On other data, where
-the split has gold responses but no scorer-ready fields, the NLL of the gold response: the quantity
-training optimises, measured with an interval from a few dozen items.
+On other data, where the split has gold responses but no scorer-ready fields, the NLL of the gold
+response: the quantity training optimises, measured with an interval from a few dozen items.
 """
 
 from __future__ import annotations
