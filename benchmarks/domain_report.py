@@ -38,7 +38,7 @@ from ccoe.config import (  # noqa: E402
     CCoESpec, DataSpec, EvalSpec, ExpertJobSpec, TrackingSpec, TrainingOverrides, TrainingSpec, apply_overrides,
 )
 from ccoe.domains import DOMAINS, eval_items, train_data_spec  # noqa: E402
-from ccoe.domains.base import scorable_rows  # noqa: E402
+from ccoe.domains.base import scorable_rows, validation_scorable  # noqa: E402
 from ccoe.evaluate import DomainScore, evaluate_domain  # noqa: E402
 from ccoe.evidence import paired_difference  # noqa: E402
 from ccoe.expert import load_expert  # noqa: E402
@@ -87,12 +87,6 @@ class ReportSpec(BaseModel):
         """(training spec, training max_length) of `domain`: the shared budget with its overrides."""
         own = self.own(domain)
         return apply_overrides(self.training, own.training), own.max_length or self.max_length
-
-
-def validation_scorable(domain) -> bool:
-    """Whether `domain` has a validation metric: a choice domain's rows keep their options; a generate
-    domain needs `validation_item` to turn a held-out row into a scorable item (code: its `>>>` examples)."""
-    return domain.task == "choice" or hasattr(domain, "validation_item")
 
 
 def validation_comparison(model: CCoEModel, tokenizer, domain, data: DataSpec, expert: str, spec: DataSpec, evaluation: EvalSpec) -> dict | None:

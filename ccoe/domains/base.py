@@ -104,14 +104,21 @@ def prepare_domain(domain: Domain, force: bool = False) -> PreparedDomain:
     return files
 
 
+def validation_scorable(domain) -> bool:
+    """Whether `domain` has a validation metric: a choice domain's rows keep their options; a generate
+    domain needs `validation_item` to turn a held-out row into a scorable item (code: its `>>>` examples)."""
+    return domain.task == "choice" or hasattr(domain, "validation_item")
+
+
 def scorable_rows(domain, rows: list[dict]) -> list[dict]:
     """The held-out training `rows` `domain`'s scorer can score: a generate domain's through its optional
     `validation_item` (code: rows whose `>>>` examples become tests), the rest left out; [] for a generate
     domain without one; for a choice domain, the rows that keep their options and answer."""
     if domain.task == "choice":
         return [row for row in rows if "choices" in row and "answer" in row]
-    to_item = getattr(domain, "validation_item", None)
-    return [] if to_item is None else [item for row in rows if (item := to_item(row)) is not None]
+    if not validation_scorable(domain):
+        return []
+    return [item for row in rows if (item := domain.validation_item(row)) is not None]
 
 
 # -- multiple choice ----------------------------------------------------------------------------------
